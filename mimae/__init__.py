@@ -1,0 +1,1 @@
+"""MI-MAE: mask-invariant mutual information for masked image modeling."""

@@ -1,0 +1,184 @@
+"""Transformer layers shared by the pretraining encoder and the downstream backbones.
+
+Parameter names follow timm and the official MAE code (``attn.qkv``, ``mlp.fc1``,
+``norm1``), so their checkpoints load without key surgery.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .pos_embed import resize_rel_pos
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class PatchEmbed(nn.Module):
+    """Split an image into non-overlapping patches and project each to ``embed_dim``."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Return tokens ``(B, H * W, C)`` and the grid ``(H, W)``."""
+        height, width = x.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by the patch size {self.patch_size}; "
+                "resize or pad the input"
+            )
+        x = self.proj(x)  # (B, C, H, W)
+        grid = (x.shape[2], x.shape[3])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward block."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_hw: tuple[int, int],
+    k_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Compute the decomposed relative-position bias of MViTv2/ViTDet.
+
+    Args:
+        q: queries ``(B, H_q * W_q, C)`` (one head per batch entry).
+        rel_pos_h, rel_pos_w: tables along height and width; resampled when their
+            length does not match ``2 * max(q, k) - 1`` of that axis.
+        q_hw, k_hw: query and key grids.
+
+    Returns:
+        Bias ``(B, H_q * W_q, H_k * W_k)`` to add to the attention logits.
+    """
+    (qh, qw), (kh, kw) = q_hw, k_hw
+    table_h = _axis_table(rel_pos_h, qh, kh)
+    table_w = _axis_table(rel_pos_w, qw, kw)
+    batch, _, dim = q.shape
+    r_q = q.reshape(batch, qh, qw, dim)
+    bias_h = torch.einsum("bhwc,hkc->bhwk", r_q, table_h)  # (B, qh, qw, kh)
+    bias_w = torch.einsum("bhwc,wkc->bhwk", r_q, table_w)  # (B, qh, qw, kw)
+    bias = bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+    return bias.reshape(batch, qh * qw, kh * kw)
+
+
+def _axis_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor:
+    """Return the per-pair table ``(q_size, k_size, C)`` for one axis."""
+    length = 2 * max(q_size, k_size) - 1
+    rel_pos = resize_rel_pos(rel_pos, length)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    offsets = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[offsets.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``scaled_dot_product_attention``.
+
+    With ``rel_pos_size`` set, the block holds decomposed relative-position tables
+    ``rel_pos_h`` and ``rel_pos_w`` of length ``2 * size - 1`` per axis (zero init).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        rel_pos_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = rel_pos_size is not None
+        if self.use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """Attend over ``x`` ``(B, L, C)``; ``grid_hw`` is required with relative positions."""
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        bias = None
+        if self.use_rel_pos:
+            if grid_hw is None:
+                raise ValueError("relative position attention needs the token grid (H, W)")
+            # The bias uses unscaled queries, as in ViTDet, so its trained tables load unchanged.
+            flat_q = q.reshape(batch * self.num_heads, length, self.head_dim)
+            bias = rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid_hw, grid_hw)
+            bias = bias.reshape(batch, self.num_heads, length, length).to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on a token sequence ``(B, L, C)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        rel_pos_size: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, rel_pos_size=rel_pos_size)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), grid_hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, with_cp: bool = False, **kwargs
+) -> torch.Tensor:
+    """Apply ``blocks`` in order, optionally with activation checkpointing."""
+    for block in blocks:
+        if with_cp and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, **kwargs)
+    return x

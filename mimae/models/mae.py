@@ -1,0 +1,183 @@
+"""MAE: masked autoencoder pretraining, with one or several masked views per image."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+
+from ..registry import MODELS
+from .layers import Block, LayerNorm, run_blocks
+from .masking import make_masks
+from .pos_embed import sincos_2d
+from .vit import VisionTransformer, gather_tokens
+
+MODELS.register_module(name="MAEViT", module=VisionTransformer)
+
+
+def patchify(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Cut ``(B, C, H, W)`` into ``(B, L, p * p * C)`` with pixels ordered (row, col, channel)."""
+    batch, chans, height, width = imgs.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    x = imgs.reshape(batch, chans, grid_h, patch_size, grid_w, patch_size)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, p, p, C)
+    return x.reshape(batch, grid_h * grid_w, patch_size * patch_size * chans)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Invert :func:`patchify`: ``(B, L, p * p * C)`` to ``(B, C, H, W)``."""
+    batch, _, dim = patches.shape
+    chans = dim // (patch_size * patch_size)
+    grid_h, grid_w = grid_hw
+    x = patches.reshape(batch, grid_h, grid_w, patch_size, patch_size, chans)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
+    return x.reshape(batch, chans, grid_h * patch_size, grid_w * patch_size)
+
+
+@MODELS.register_module()
+class MAEDecoder(nn.Module):
+    """Lightweight transformer that predicts the pixels of every patch from the visible latent."""
+
+    def __init__(
+        self,
+        encoder_dim: int = 768,
+        embed_dim: int = 512,
+        depth: int = 8,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        grid_size: tuple[int, int] = (14, 14),
+    ) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.grid_size = tuple(grid_size)
+        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid_size, 1), requires_grad=False)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = LayerNorm(embed_dim)
+        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(
+        self, latent: torch.Tensor, ids_keep: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> torch.Tensor:
+        """Predict ``(B, L, p * p * C)`` from ``latent`` ``(B, 1 + K, D)`` and ``ids_keep`` ``(B, K)``."""
+        x = self.embed(latent)
+        batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
+        # Visible tokens go back to their grid positions; all others are mask tokens.
+        full = self.mask_token.to(x.dtype).expand(batch, num_patches, -1).clone()
+        full.scatter_(1, ids_keep.unsqueeze(-1).expand(-1, -1, self.embed_dim), x[:, 1:])
+        x = torch.cat([x[:, :1], full], dim=1)
+        if tuple(grid_hw) == self.grid_size:
+            x = x + self.pos_embed
+        else:
+            x = x + sincos_2d(self.embed_dim, grid_hw, 1).to(x)
+        x = self.norm(run_blocks(self.blocks, x))
+        return self.pred(x[:, 1:])
+
+
+@MODELS.register_module()
+class MAE(BaseModel):
+    """Masked autoencoder with ``num_views`` masked views of each image (1 for plain MAE).
+
+    With ``num_views > 1`` and no mutual-information terms this is the "MAE with N
+    orthogonal masks" control. All views go through the encoder and decoder as one
+    batch of ``B * N``.
+
+    Args:
+        encoder: config of the ViT encoder (``MAEViT``).
+        decoder: config of :class:`MAEDecoder`; encoder width, patch size and grid are filled in.
+        mask_ratio: fraction of patches hidden in each view.
+        num_views: masked views per image.
+        mask_strategy: ``'orthogonal'`` (disjoint visible sets) or ``'independent'``.
+        norm_pix_loss: normalize each target patch by its own mean and variance.
+    """
+
+    def __init__(
+        self,
+        encoder: dict,
+        decoder: dict,
+        mask_ratio: float = 0.75,
+        num_views: int = 1,
+        mask_strategy: str = "orthogonal",
+        norm_pix_loss: bool = True,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.encoder: VisionTransformer = MODELS.build({"type": "MAEViT", **encoder})
+        decoder = {"type": "MAEDecoder", **decoder}
+        decoder.setdefault("encoder_dim", self.encoder.embed_dim)
+        decoder.setdefault("patch_size", self.encoder.patch_size)
+        decoder.setdefault("grid_size", self.encoder.grid_size)
+        self.decoder: MAEDecoder = MODELS.build(decoder)
+        self.mask_ratio = mask_ratio
+        self.num_views = num_views
+        self.mask_strategy = mask_strategy
+        self.norm_pix_loss = norm_pix_loss
+        num_patches = self.encoder.grid_size[0] * self.encoder.grid_size[1]
+        make_masks(1, num_patches, num_views, mask_ratio, mask_strategy)  # validates the settings
+
+    def reconstruction_target(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Return the per-patch pixel target ``(B, L, p * p * C)``."""
+        target = patchify(imgs, self.encoder.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def encode_views(self, imgs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Mask ``imgs`` into ``num_views`` views and encode them as one batch.
+
+        Returns a dict with ``latent`` ``(B * N, 1 + K, C)``, ``visible_tokens``
+        ``(B * N, K, C)`` (patch embeddings with position, before the blocks),
+        ``ids_keep`` ``(B, N, K)``, ``mask`` ``(B, N, L)`` and ``grid``.
+        """
+        tokens, grid = self.encoder.embed_patches(imgs)
+        batch, num_patches, dim = tokens.shape
+        ids_keep, mask = make_masks(
+            batch, num_patches, self.num_views, self.mask_ratio, self.mask_strategy, tokens.device
+        )
+        keep = ids_keep.shape[-1]
+        visible = gather_tokens(tokens, ids_keep.reshape(batch, -1))
+        visible = visible.reshape(batch * self.num_views, keep, dim)
+        latent = self.encoder.forward_tokens(visible)
+        return dict(latent=latent, visible_tokens=visible, ids_keep=ids_keep, mask=mask, grid=grid)
+
+    def reconstruction_loss(self, imgs: torch.Tensor, views: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the masked-patch MSE over all views and the prediction ``(B, N, L, P)``."""
+        batch = imgs.shape[0]
+        ids_keep = views["ids_keep"].reshape(batch * self.num_views, -1)
+        pred = self.decoder(views["latent"], ids_keep, views["grid"])
+        pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
+        target = self.reconstruction_target(imgs).unsqueeze(1)  # broadcast over views, no copy
+        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N, L)
+        mask = views["mask"]
+        return (per_patch * mask).sum() / mask.sum(), pred
+
+    def loss(self, inputs: torch.Tensor, data_samples=None) -> dict[str, torch.Tensor]:
+        views = self.encode_views(inputs)
+        loss_rec, _ = self.reconstruction_loss(inputs, views)
+        return dict(loss_rec=loss_rec)
+
+    @torch.no_grad()
+    def reconstruct(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return predicted patches, masks and targets for visualization."""
+        views = self.encode_views(inputs)
+        _, pred = self.reconstruction_loss(inputs, views)
+        return dict(pred=pred, mask=views["mask"], target=self.reconstruction_target(inputs))
+
+    def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = "tensor"):
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        if mode == "tensor":
+            return self.encoder(inputs)
+        if mode == "predict":
+            return self.reconstruct(inputs)
+        raise ValueError(f"invalid mode {mode!r}; expected 'loss', 'tensor' or 'predict'")

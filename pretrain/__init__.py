@@ -1,0 +1,1 @@
+"""MMEngine pretraining runner pieces: datasets, transforms and hooks."""
