@@ -1,1 +1,5 @@
 """MMEngine pretraining runner pieces: datasets, transforms and hooks."""
+from . import datasets, hooks, transforms  # noqa: F401  (register modules)
+from .datasets import ImageFolder
+
+__all__ = ["ImageFolder"]

@@ -1,0 +1,93 @@
+"""An MMEngine ``Runner`` that reads checkpoints safely, resumes predictably and writes atomically.
+
+* MMEngine 0.10.7 calls ``torch.load`` without ``weights_only``. Since torch 2.6 that
+  defaults to True, and resuming fails on the objects a Runner stores beside the
+  tensors (history buffers of the message hub, numpy scalars in ``meta``). This runner
+  keeps ``weights_only=True`` and allow-lists exactly those types, so no checkpoint,
+  the run's own included, is ever fully unpickled.
+* With ``resume=True`` the latest checkpoint in ``work_dir`` wins over ``load_from``;
+  ``load_from`` then only initializes a run that has nothing to resume.
+* Checkpoints are written under a temporary name and renamed, so a run killed while
+  saving leaves the previous checkpoint as the latest complete one.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+from mmengine.runner.checkpoint import find_latest_checkpoint
+
+
+def _numpy_globals() -> list:
+    """Return the numpy types that ``meta`` and the message hub of a Runner checkpoint contain."""
+    reconstruct = getattr(np, "_core", np.core).multiarray._reconstruct
+    scalar = getattr(np, "_core", np.core).multiarray.scalar
+    dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    return [reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+# Non-tensor types a Runner checkpoint may hold; everything else is rejected by torch.load.
+RUN_CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_globals()]
+
+
+def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
+    """Read a checkpoint written by a Runner with ``weights_only=True`` and the allow-list."""
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"checkpoint not found: {filename!r}")
+    with torch.serialization.safe_globals(RUN_CHECKPOINT_GLOBALS):
+        return torch.load(filename, map_location=map_location, weights_only=True)
+
+
+@RUNNERS.register_module()
+class SafeRunner(Runner):
+    """Runner with safe checkpoint reading, latest-first resume and atomic checkpoint writes."""
+
+    def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = False,
+                        revise_keys=((r"^module\.", ""),)):
+        if osp.isfile(filename):
+            with torch.serialization.safe_globals(RUN_CHECKPOINT_GLOBALS):
+                return super().load_checkpoint(filename, map_location, strict, revise_keys)
+        return super().load_checkpoint(filename, map_location, strict, revise_keys)
+
+    def load_or_resume(self) -> None:
+        if self._has_loaded:
+            return
+        if self._resume:
+            latest = find_latest_checkpoint(self.work_dir)
+            if latest is not None:
+                if self._load_from is not None:
+                    self.logger.info(f"resuming from {latest}, the latest checkpoint in work_dir; "
+                                     f"load_from={self._load_from} is ignored")
+                else:
+                    self.logger.info(f"resuming from {latest}, the latest checkpoint in work_dir")
+                self.resume(latest)
+                self._has_loaded = True
+                return
+            if self._load_from is not None and _is_run_checkpoint(self._load_from):
+                self.logger.info(f"no checkpoint in work_dir; resuming from {self._load_from}")
+                self.resume(self._load_from)
+                self._has_loaded = True
+                return
+            self.logger.info("resume requested but work_dir has no checkpoint; starting fresh")
+        if self._load_from is not None:
+            self.load_checkpoint(self._load_from)
+            self._has_loaded = True
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
+        partial = f"{filename}.partial"
+        super().save_checkpoint(out_dir, partial, *args, **kwargs)
+        os.replace(osp.join(out_dir, partial), osp.join(out_dir, filename))
+
+
+def _is_run_checkpoint(filename: str) -> bool:
+    """Return True when ``filename`` holds a Runner's training state (``meta`` with ``iter``)."""
+    try:
+        checkpoint = load_run_checkpoint(filename)
+    except Exception:  # an unreadable file is reported when it is loaded as weights
+        return False
+    return isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})

@@ -1,0 +1,78 @@
+"""Train a model from an OpenMMLab config: mimae pretraining, mmdet detection or mmseg segmentation.
+
+The runner follows the config's ``default_scope`` ('mimae', 'mmdet' or 'mmseg').
+Examples::
+
+    python tools/train.py configs/pretrain/mimae_vit-base-p16_8xb512-amp-coslr-400e_in1k.py
+    python tools/train.py CONFIG --work-dir work_dirs/run1 --resume
+    bash tools/dist_train.sh CONFIG 8 --amp
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _runtime import build_runner, register_scope  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train with an OpenMMLab config")
+    parser.add_argument("config", help="path of the config file")
+    parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
+    parser.add_argument(
+        "--resume", nargs="?", const="auto", default=None,
+        help="resume from the latest checkpoint in the work dir, or from the given checkpoint path",
+    )
+    parser.add_argument("--amp", action="store_true", help="train with automatic mixed precision (needs a GPU)")
+    parser.add_argument(
+        "--cfg-options", nargs="+", action=DictAction, default={},
+        help="override config keys, e.g. train_cfg.max_iters=10 model.backbone.init_cfg.checkpoint=x.pth",
+    )
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                        help="job launcher for distributed training")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Apply the command-line options to ``cfg``."""
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(args.config))[0])
+    if args.resume == "auto":
+        cfg.resume = True
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    if args.amp:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); drop --amp on CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    cfg = merge_args(cfg, args)
+    register_scope(cfg)
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == "__main__":
+    main()
