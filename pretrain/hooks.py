@@ -10,6 +10,11 @@ from mmengine.hooks import Hook
 from mimae.registry import HOOKS
 
 
+def _to_float(value) -> float:
+    """Return a logged value as a float without keeping its autograd graph."""
+    return float(value.detach()) if hasattr(value, "detach") else float(value)
+
+
 @HOOKS.register_module()
 class NonFiniteLossHook(Hook):
     """Stop the run when a logged loss term is NaN or infinite.
@@ -24,7 +29,7 @@ class NonFiniteLossHook(Hook):
         if not outputs:
             return
         for name, value in outputs.items():
-            number = float(value)
+            number = _to_float(value)
             if not math.isfinite(number):
                 raise FloatingPointError(
                     f"{name} is {number} at iteration {runner.iter + 1}; stopping before any checkpoint "
@@ -57,7 +62,7 @@ class LossTraceHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         record = {"iter": runner.iter + 1}
-        record.update({name: float(value) for name, value in (outputs or {}).items()})
+        record.update({name: _to_float(value) for name, value in (outputs or {}).items()})
         self.records.append(record)
         if (runner.iter + 1) % self.flush_interval == 0:
             self._flush(runner)

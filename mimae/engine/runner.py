@@ -2,9 +2,10 @@
 
 * MMEngine 0.10.7 calls ``torch.load`` without ``weights_only``. Since torch 2.6 that
   defaults to True, and resuming fails on the objects a Runner stores beside the
-  tensors (history buffers of the message hub, numpy scalars in ``meta``). This runner
-  keeps ``weights_only=True`` and allow-lists exactly those types, so no checkpoint,
-  the run's own included, is ever fully unpickled.
+  tensors. This runner keeps ``weights_only=True``: it saves the message hub's history
+  buffers as plain arrays (their default pickle refers to methods through ``getattr``,
+  which a safe loader must reject) and allow-lists only numpy's array and scalar types,
+  so no checkpoint, the run's own included, is ever fully unpickled.
 * With ``resume=True`` the latest checkpoint in ``work_dir`` wins over ``load_from``;
   ``load_from`` then only initializes a run that has nothing to resume.
 * Checkpoints are written under a temporary name and renamed, so a run killed while
@@ -32,7 +33,28 @@ def _numpy_globals() -> list:
 
 
 # Non-tensor types a Runner checkpoint may hold; everything else is rejected by torch.load.
-RUN_CHECKPOINT_GLOBALS = [HistoryBuffer, *_numpy_globals()]
+RUN_CHECKPOINT_GLOBALS = _numpy_globals()
+HISTORY_MARK = "__history_buffer__"
+
+
+def pack_history_buffers(checkpoint: dict) -> None:
+    """Replace the message hub's ``HistoryBuffer`` objects by plain dicts, in place."""
+    scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+    for key, buffer in list(scalars.items()):
+        if isinstance(buffer, HistoryBuffer):
+            log_history, count_history = buffer.data
+            scalars[key] = {HISTORY_MARK: True, "log_history": torch.as_tensor(log_history),
+                            "count_history": torch.as_tensor(count_history),
+                            "max_length": buffer.max_length}
+
+
+def unpack_history_buffers(checkpoint: dict) -> None:
+    """Rebuild the ``HistoryBuffer`` objects that :func:`pack_history_buffers` flattened."""
+    scalars = checkpoint.get("message_hub", {}).get("log_scalars", {})
+    for key, value in list(scalars.items()):
+        if isinstance(value, dict) and value.get(HISTORY_MARK):
+            scalars[key] = HistoryBuffer(value["log_history"].tolist(), value["count_history"].tolist(),
+                                         value["max_length"])
 
 
 def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
@@ -46,6 +68,14 @@ def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
 @RUNNERS.register_module()
 class SafeRunner(Runner):
     """Runner with safe checkpoint reading, latest-first resume and atomic checkpoint writes."""
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        # The packing runs first, so hooks and the file always see the same layout.
+        if fn_name == "before_save_checkpoint":
+            pack_history_buffers(kwargs["checkpoint"])
+        elif fn_name == "after_load_checkpoint":
+            unpack_history_buffers(kwargs["checkpoint"])
+        super().call_hook(fn_name, **kwargs)
 
     def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = False,
                         revise_keys=((r"^module\.", ""),)):
