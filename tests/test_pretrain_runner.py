@@ -1,0 +1,95 @@
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+import train as train_tool
+from convert_checkpoint import convert
+from mimae.checkpoint import CheckpointError, read_weights
+from mimae.engine import load_run_checkpoint
+from mimae.models import VisionTransformer
+
+MAE_DEMO = "configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k_demo.py"
+MIMAE_DEMO = "configs/pretrain/mimae_vit-base-p16_8xb512-amp-coslr-400e_in1k_demo.py"
+FAST = ["train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+        "randomness.deterministic=True"]
+
+
+def run_train(config, work_dir, iters, *extra, resume=False):
+    argv = [config, "--work-dir", str(work_dir)]
+    if resume:
+        argv.append("--resume")
+    argv += ["--cfg-options", f"train_cfg.max_iters={iters}",
+             f"default_hooks.checkpoint.interval={iters}", *FAST, *extra]
+    train_tool.main(argv)
+    with open(work_dir / "loss_trace.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("config", [MAE_DEMO, MIMAE_DEMO])
+def test_pretrain_smoke_run_and_export(config, tmp_path):
+    trace = run_train(config, tmp_path / "run", 3)
+    assert [r["iter"] for r in trace] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trace)
+    if config == MIMAE_DEMO:
+        assert {"loss_mi_max", "loss_mi_min", "loss_q", "infonce_acc", "club_estimate"} <= set(trace[0])
+
+    encoder_file = tmp_path / "encoder.pth"
+    state = convert(str(tmp_path / "run" / "iter_3.pth"), str(encoder_file))
+    reread = torch.load(encoder_file, weights_only=True)
+    assert set(reread) == {"model"}
+    vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=192, depth=4, num_heads=3)
+    vit.load_state_dict(reread["model"], strict=True)
+    assert "blocks.0.attn.qkv.weight" in state and "pos_embed" in state
+    assert not any(k.startswith(("decoder", "mask_token", "mi_")) for k in state)
+
+
+def test_resume_restores_iteration_and_optimizer(tmp_path):
+    run_train(MIMAE_DEMO, tmp_path / "run", 2, "default_hooks.checkpoint.interval=2")
+    checkpoint = load_run_checkpoint(str(tmp_path / "run" / "iter_2.pth"))
+    assert checkpoint["meta"]["iter"] == 2
+    resumed = run_train(MIMAE_DEMO, tmp_path / "run", 4, "default_hooks.checkpoint.interval=2", resume=True)
+    assert [r["iter"] for r in resumed] == [1, 2, 3, 4]
+    final = load_run_checkpoint(str(tmp_path / "run" / "iter_4.pth"))
+    # AdamW counts its own steps: 4 means the resumed run continued the saved optimizer state.
+    steps = {float(state["step"]) for state in final["optimizer"]["state"].values()}
+    assert steps == {4.0}
+    # NOTE: the losses after a resume are not yet bit-identical to an uninterrupted run,
+    # because the random state of masking and augmentation is not restored.
+
+
+def test_resume_prefers_latest_checkpoint_over_load_from(tmp_path, capsys):
+    work_dir = tmp_path / "run"
+    run_train(MAE_DEMO, work_dir, 1)
+    pretrained = tmp_path / "pretrained.pth"
+    shutil.copy(work_dir / "iter_1.pth", pretrained)
+    run_train(MAE_DEMO, work_dir, 2, f"load_from={pretrained}", resume=True)
+    log = "".join(p.read_text() for p in work_dir.glob("*/*.log"))
+    assert "resuming from" in log and "iter_1.pth, the latest checkpoint in work_dir" in log
+    assert load_run_checkpoint(str(work_dir / "iter_2.pth"))["meta"]["iter"] == 2
+
+
+class _SideEffect:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/mimae_pickle_side_effect",))
+
+
+def test_pickled_code_rejected(tmp_path):
+    marker = "/tmp/mimae_pickle_side_effect"
+    if os.path.exists(marker):
+        os.remove(marker)
+    hostile = tmp_path / "hostile.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": _SideEffect()}, hostile)
+    with pytest.raises(CheckpointError, match="cannot read .*tensor-only weight file"):
+        read_weights(hostile)
+    with pytest.raises(pickle.UnpicklingError):
+        load_run_checkpoint(str(hostile))
+    assert not os.path.exists(marker)
+
+
+def test_missing_weight_file_named(tmp_path):
+    with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
+        read_weights(tmp_path / "nope.pth")
