@@ -1,7 +1,8 @@
-"""Downstream backbones and necks, registered in mmdet's and mmseg's registries on import.
+"""Downstream backbones, necks and the layer-decay constructor, registered on import.
 
 Configs load them with ``custom_imports=dict(imports=['mimae.downstream'])``.
 """
+from ..engine import layer_decay  # noqa: F401  (registers LayerDecayOptimWrapperConstructor)
 from .simple_fpn import LayerNorm2d, SimpleFPN
 from .vit_seg import ViTSeg
 from .vitdet import ViTDet

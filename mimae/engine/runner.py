@@ -10,11 +10,16 @@
   ``load_from`` then only initializes a run that has nothing to resume.
 * Checkpoints are written under a temporary name and renamed, so a run killed while
   saving leaves the previous checkpoint as the latest complete one.
+* Checkpoints carry the random state of the main process (torch, numpy, Python). On
+  resume it is restored after the data loader has skipped the finished iterations and
+  before the next batch is drawn, so masks and main-process augmentation continue as in
+  an uninterrupted run.
 """
 from __future__ import annotations
 
 import os
 import os.path as osp
+import random
 
 import numpy as np
 import torch
@@ -28,7 +33,7 @@ def _numpy_globals() -> list:
     """Return the numpy types that ``meta`` and the message hub of a Runner checkpoint contain."""
     reconstruct = getattr(np, "_core", np.core).multiarray._reconstruct
     scalar = getattr(np, "_core", np.core).multiarray.scalar
-    dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "uint32", "bool")]
     return [reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
 
 
@@ -65,17 +70,82 @@ def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 
+def capture_random_state() -> dict:
+    """Return the random state of torch (CPU and CUDA), numpy and Python's ``random``."""
+    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_random_state(state: dict) -> None:
+    """Set the random state captured by :func:`capture_random_state`."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(_as_python_state(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state):
+    # torch.load returns Python's state tuple as nested lists or tuples; random wants tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+class _RestoreBeforeFetch:
+    """Data-loader iterator proxy that restores a random state before fetch number ``skip + 1``."""
+
+    def __init__(self, iterator, skip: int, state: dict) -> None:
+        self._iterator = iterator
+        self._remaining = skip
+        self._state = state
+
+    def __next__(self):
+        if self._state is not None and self._remaining == 0:
+            restore_random_state(self._state)
+            self._state = None
+        self._remaining -= 1
+        return next(self._iterator)
+
+    def __iter__(self):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self._iterator, name)
+
+
 @RUNNERS.register_module()
 class SafeRunner(Runner):
-    """Runner with safe checkpoint reading, latest-first resume and atomic checkpoint writes."""
+    """Runner with safe checkpoint reading, latest-first resume, exact random-state resume
+    and atomic checkpoint writes."""
+
+    _loaded_random_state: dict | None = None
+    _pending_random_state: dict | None = None
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
         # The packing runs first, so hooks and the file always see the same layout.
         if fn_name == "before_save_checkpoint":
             pack_history_buffers(kwargs["checkpoint"])
+            kwargs["checkpoint"]["meta"]["random_state"] = capture_random_state()
         elif fn_name == "after_load_checkpoint":
             unpack_history_buffers(kwargs["checkpoint"])
+            self._loaded_random_state = kwargs["checkpoint"].get("meta", {}).get("random_state")
+        elif fn_name == "before_train_epoch" and self._pending_random_state is not None:
+            loop = self.train_loop
+            if hasattr(loop, "dataloader_iterator"):
+                # Iteration-based loops skip `iter` batches after this hook, then draw the next.
+                loop.dataloader_iterator = _RestoreBeforeFetch(
+                    loop.dataloader_iterator, loop.iter, self._pending_random_state)
+            else:
+                restore_random_state(self._pending_random_state)
+            self._pending_random_state = None
         super().call_hook(fn_name, **kwargs)
+
+    def resume(self, filename: str, *args, **kwargs) -> None:
+        self._loaded_random_state = None
+        super().resume(filename, *args, **kwargs)
+        self._pending_random_state = self._loaded_random_state
 
     def load_checkpoint(self, filename: str, map_location="cpu", strict: bool = False,
                         revise_keys=((r"^module\.", ""),)):
