@@ -2,11 +2,15 @@
 
 * :class:`InfoNCE` is a lower bound on I(Z_i; Z_j) between the latents of two masked
   views of one image (maximized).
+* :class:`MINE` is the Donsker-Varadhan lower bound on the same quantity with a learned
+  critic (Belghazi et al., ICML 2018), the alternative MI-max estimator.
 * :class:`CLUB` is the contrastive log-ratio upper bound of Cheng et al. (ICML 2020)
   on I(X; Z) between a view's input and its latent (minimized), with a Gaussian
   approximation network q(z | x).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -57,21 +61,91 @@ class InfoNCE(nn.Module):
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compute the loss from pooled latents ``(B, N, C)`` with N >= 2 views.
 
-        Returns ``loss`` (mean cross-entropy over view pairs) and ``accuracy`` (share of
-        anchors whose positive has the highest score).
+        Returns ``loss`` (mean cross-entropy over view pairs) and ``log`` with the raw loss
+        ``infonce`` and ``infonce_acc``, the share of anchors whose positive scores highest.
         """
         batch, num_views, _ = pooled.shape
         if num_views < 2:
             raise ValueError("InfoNCE needs at least 2 views per image")
         z = F.normalize(self.head(pooled).float(), dim=-1).transpose(0, 1)  # (N, B, d)
-        logits = torch.einsum("ibd,jcd->ijbc", z, z) / self.temperature  # (N, N, B, B)
-        pairs = torch.ones(num_views, num_views, dtype=torch.bool, device=z.device)
-        pairs = pairs.triu(1) if not self.symmetric else pairs & ~torch.eye(num_views, dtype=torch.bool, device=z.device)
-        logits = logits[pairs].reshape(-1, batch)  # (P * B, B): anchor b of view i vs images of view j
-        target = torch.arange(batch, device=z.device).repeat(int(pairs.sum()))
+        pairs = view_pairs(num_views, self.symmetric, z.device)
+        # (P, B, B): row b scores anchor b of view i against every image of view j.
+        logits = torch.einsum("pbd,pcd->pbc", z[pairs[:, 0]], z[pairs[:, 1]]) / self.temperature
+        logits = logits.reshape(-1, batch)
+        target = torch.arange(batch, device=z.device).repeat(pairs.shape[0])
         loss = F.cross_entropy(logits, target)
         accuracy = (logits.argmax(dim=1) == target).float().mean()
-        return dict(loss=loss, accuracy=accuracy.detach())
+        return dict(loss=loss, log=dict(infonce=loss.detach(), infonce_acc=accuracy.detach()))
+
+
+def view_pairs(num_views: int, symmetric: bool, device=None) -> torch.Tensor:
+    """Return the ``(P, 2)`` index pairs (i, j), i != j, of the views (only i < j when one-way)."""
+    pairs = [(i, j) for i in range(num_views) for j in range(num_views) if i != j and (symmetric or i < j)]
+    return torch.tensor(pairs, device=device)
+
+
+class _EMAGradient(torch.autograd.Function):
+    """``log E[exp T]`` whose gradient divides by a moving average of ``E[exp T]`` instead of the batch mean.
+
+    The batch estimate in the denominator biases MINE's gradient; the moving average is
+    the correction proposed with MINE (Belghazi et al., 2018, section 3.2).
+    """
+
+    @staticmethod
+    def forward(ctx, scores: torch.Tensor, running_mean: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scores, running_mean)
+        return torch.logsumexp(scores, dim=0) - math.log(scores.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        scores, running_mean = ctx.saved_tensors
+        grad = scores.exp() / (running_mean * scores.shape[0])
+        return grad_output * grad, None
+
+
+@MODELS.register_module()
+class MINE(nn.Module):
+    """Donsker-Varadhan bound ``E_joint[T] - log E_marginal[exp T]`` between pairs of views.
+
+    The critic ``T`` is an MLP on the concatenated projected latents of two views; the
+    marginal pairs take view ``j`` from another image of the batch (a fixed rotation by
+    one). The loss is the negative bound, so minimizing it maximizes the estimate.
+
+    Args:
+        in_dim: width of the pooled latent.
+        hidden_dim, proj_dim: projection head widths (shared by both views).
+        critic_dim: hidden width of the critic.
+        ema_decay: decay of the moving average of ``E[exp T]`` used in the gradient.
+        symmetric: use both directions of each view pair.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, proj_dim: int = 256, critic_dim: int = 512,
+                 ema_decay: float = 0.99, symmetric: bool = True) -> None:
+        super().__init__()
+        self.head = ProjectionHead(in_dim, hidden_dim, proj_dim)
+        self.critic = nn.Sequential(nn.Linear(2 * proj_dim, critic_dim), nn.GELU(), nn.Linear(critic_dim, 1))
+        self.ema_decay = ema_decay
+        self.symmetric = symmetric
+        self.register_buffer("running_exp_mean", torch.ones(()))
+
+    def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Compute the loss from pooled latents ``(B, N, C)`` with B >= 2 and N >= 2."""
+        batch, num_views, _ = pooled.shape
+        if num_views < 2 or batch < 2:
+            raise ValueError(f"MINE needs at least 2 views and 2 images, got {num_views} views of {batch} images")
+        z = self.head(pooled).float()  # (B, N, d)
+        pairs = view_pairs(num_views, self.symmetric, z.device)
+        first, second = z[:, pairs[:, 0]], z[:, pairs[:, 1]]  # (B, P, d)
+        joint = self.critic(torch.cat([first, second], dim=-1)).flatten()
+        shuffled = second.roll(shifts=1, dims=0)
+        marginal = self.critic(torch.cat([first, shuffled], dim=-1)).flatten()
+        with torch.no_grad():
+            batch_mean = marginal.exp().mean()
+            if self.training:
+                self.running_exp_mean.mul_(self.ema_decay).add_((1 - self.ema_decay) * batch_mean)
+        log_mean_exp = _EMAGradient.apply(marginal, self.running_exp_mean.clamp_min(1e-6))
+        estimate = joint.mean() - log_mean_exp
+        return dict(loss=-estimate, log=dict(mine_estimate=estimate.detach()))
 
 
 @MODELS.register_module()

@@ -25,7 +25,8 @@ class MIMAE(MAE):
         num_views: masked views per image (N, default 4).
         pooling: latent summary fed to both estimators: ``'cls'`` token or ``'mean'``
             of the visible patch tokens.
-        mi_max: config of the InfoNCE estimator (``in_dim`` is filled in), or None to drop it.
+        mi_max: config of the MI-max estimator, ``InfoNCE`` or ``MINE`` (``in_dim`` is
+            filled in), or None to drop the term.
         mi_min: config of the CLUB estimator (``x_dim``/``z_dim`` filled in), or None.
         lambda_max, lambda_min, lambda_q: weights lambda1..lambda3.
         club_standardize: give CLUB the pooled latent after a parameter-free layer
@@ -50,7 +51,7 @@ class MIMAE(MAE):
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         if mi_max is not None and num_views < 2:
-            raise ValueError("the InfoNCE term needs num_views >= 2; set num_views or mi_max=None")
+            raise ValueError("the MI-max term needs num_views >= 2; set num_views or mi_max=None")
         dim = self.encoder.embed_dim
         self.pooling = pooling
         self.lambda_max, self.lambda_min, self.lambda_q = lambda_max, lambda_min, lambda_q
@@ -70,10 +71,9 @@ class MIMAE(MAE):
         pooled = self.pool(views["latent"])  # (B * N, C)
 
         if self.mi_max is not None:
-            nce = self.mi_max(pooled.reshape(batch, self.num_views, -1))
-            losses["loss_mi_max"] = self.lambda_max * nce["loss"]
-            losses["infonce"] = nce["loss"].detach()
-            losses["infonce_acc"] = nce["accuracy"]
+            mi_max = self.mi_max(pooled.reshape(batch, self.num_views, -1))
+            losses["loss_mi_max"] = self.lambda_max * mi_max["loss"]
+            losses.update(mi_max["log"])
 
         if self.mi_min is not None:
             # X is the view's input: the mean of its visible patch embeddings, detached so
