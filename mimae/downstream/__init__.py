@@ -3,8 +3,9 @@
 Configs load them with ``custom_imports=dict(imports=['mimae.downstream'])``.
 """
 from ..engine import layer_decay  # noqa: F401  (registers LayerDecayOptimWrapperConstructor)
+from .metrics import SafeCocoMetric
 from .simple_fpn import LayerNorm2d, SimpleFPN
 from .vit_seg import ViTSeg
 from .vitdet import ViTDet
 
-__all__ = ["LayerNorm2d", "SimpleFPN", "ViTDet", "ViTSeg"]
+__all__ = ["LayerNorm2d", "SafeCocoMetric", "SimpleFPN", "ViTDet", "ViTSeg"]

@@ -20,8 +20,11 @@ from mmengine.registry import MODELS as MMENGINE_MODELS
 # Registered in MMEngine's root registry, beside mmcv's 'LN' and 'BN', so that
 # `norm_cfg=dict(type='LN2d')` resolves under the mmdet and the mmseg scopes alike.
 @MMENGINE_MODELS.register_module("LN2d")
-class LayerNorm2d(nn.Module):
+class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an ``(N, C, H, W)`` map, with per-channel weight and bias.
+
+    It subclasses ``nn.LayerNorm`` so that optimizer constructors that exempt norm layers
+    from weight decay (MMEngine's ``norm_decay_mult``) treat it as a norm.
 
     Args:
         num_channels: number of channels ``C``.
@@ -30,15 +33,11 @@ class LayerNorm2d(nn.Module):
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-        self.num_channels = num_channels
+        super().__init__(num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # (N, H, W, C)
-        x = F.layer_norm(x, (self.num_channels,), self.weight, self.bias, self.eps)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)  # (N, C, H, W)
 
 
@@ -46,9 +45,14 @@ class LayerNorm2d(nn.Module):
 class SimpleFPN(BaseModule):
     """Feature pyramid from one backbone map: one rescaling branch per level, then 1x1 and 3x3 convs.
 
-    Scale 4 is ConvTranspose(C -> C/2), norm, activation, ConvTranspose(C/2 -> C/4); scale 2
-    is ConvTranspose(C -> C/2); scale 1 is the identity; scale 0.5 is a 2x2 max-pool. Each
-    level then gets a 1x1 conv and a 3x3 conv to ``out_channels``, each followed by
+    The rescaling branches are:
+
+    - scale 4: ConvTranspose(C -> C/2), norm, activation, ConvTranspose(C/2 -> C/4);
+    - scale 2: ConvTranspose(C -> C/2);
+    - scale 1: identity;
+    - scale 0.5: 2x2 max-pool.
+
+    Each level then gets a 1x1 conv and a 3x3 conv to ``out_channels``, each followed by
     ``norm_cfg`` and no activation. Levels past ``len(scale_factors)`` max-pool the
     previous output with stride 2 (P6 in ViTDet).
 
@@ -58,8 +62,10 @@ class SimpleFPN(BaseModule):
         scale_factors: resize factor of each level relative to the backbone map, from the
             finest level; each must be 4, 2, 1 or 0.5.
         num_outs: number of output levels, at least ``len(scale_factors)``.
-        norm_cfg: norm after the first transposed conv and after each conv.
-        act_cfg: activation between the two transposed convs of the scale-4 branch.
+        norm_cfg: norm after the first transposed conv and after each conv. None means
+            ``dict(type='LN2d', eps=1e-6)``.
+        act_cfg: activation between the two transposed convs of the scale-4 branch. None
+            means ``dict(type='GELU')``.
         init_cfg: mmengine initialization config.
     """
 
@@ -113,7 +119,7 @@ class SimpleFPN(BaseModule):
             return nn.Identity(), channels
         if scale == 0.5:
             return nn.MaxPool2d(kernel_size=2, stride=2), channels
-        raise ValueError(f"scale factor {scale} is not supported; use 4, 2, 1 or 0.5")
+        raise ValueError(f"unsupported scale factor {scale}: use 4, 2, 1 or 0.5")
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Build the pyramid from ``inputs``, a one-element sequence with the ``(B, C, H, W)`` map.

@@ -1,11 +1,14 @@
 """ViTDet backbone: a plain ViT with windowed and global attention for mmdet detectors.
 
 The design follows ViTDet (Li et al., "Exploring Plain Vision Transformer Backbones for
-Object Detection", ECCV 2022): non-overlapping window attention in most blocks, full
-attention in a few, decomposed relative positions in every block, and a learned absolute
-position table kept at the pretraining grid and resampled to the input grid at each forward.
-Parameter names equal those of :class:`mimae.models.vit.VisionTransformer` (timm/MAE names),
-so a pretrained encoder file loads without key mapping.
+Object Detection", ECCV 2022). Most blocks attend within non-overlapping windows and a few
+attend over the whole grid. Every block has decomposed relative-position tables. A learned
+absolute position table is kept at the pretraining grid and resampled to the input grid at
+each forward. Parameter names equal those of :class:`mimae.models.vit.VisionTransformer`
+(timm/MAE names), so a pretrained encoder file loads without key mapping.
+
+Unlike detectron2's and mmdet's ViTDet, the zero tokens that pad a window are masked out
+as attention keys, so a window's output depends only on its real tokens.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from .window import window_padding_mask, window_partition, window_unpartition
 
 # Keys of a pretrained encoder that the backbone may lack: ViTDet uses no cls token and no final norm.
 ENCODER_ONLY_KEYS = ("cls_token", "norm.*")
-# Backbone tensors that a pretrained encoder may lack; they keep their zero initialization.
+# Backbone tensors that a pretrained encoder may lack. They keep their zero initialization.
 REL_POS_KEYS = ("blocks.*.attn.rel_pos_h", "blocks.*.attn.rel_pos_w")
 
 
@@ -55,7 +58,7 @@ class MaskedAttention(Attention):
         grid_hw: tuple[int, int] | None = None,
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend over ``x`` ``(B, L, C)``; keys where ``key_mask`` ``(B, L)`` is False get no weight."""
+        """Attend over ``x`` ``(B, L, C)``, giving no weight to keys where ``key_mask`` ``(B, L)`` is False."""
         if key_mask is None:
             return super().forward(x, grid_hw)
         batch, length, dim = x.shape
@@ -65,7 +68,7 @@ class MaskedAttention(Attention):
         mask = mask.masked_fill(~key_mask[:, None, None, :], float("-inf"))  # (B, 1, 1, L)
         if self.use_rel_pos:
             if grid_hw is None:
-                raise ValueError("relative position attention needs the token grid (H, W)")
+                raise ValueError("grid_hw is missing: relative position attention needs the token grid (H, W)")
             flat_q = q.reshape(batch * self.num_heads, length, self.head_dim)
             bias = rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid_hw, grid_hw)
             mask = mask + bias.reshape(batch, self.num_heads, length, length).to(q.dtype)
@@ -78,7 +81,7 @@ class ViTDetBlock(Block):
 
     Args:
         dim, num_heads, mlp_ratio, qkv_bias, drop_path: as in :class:`Block`.
-        window_size: window side in tokens; 0 means global attention over the whole grid.
+        window_size: window side in tokens, or 0 for global attention over the whole grid.
         rel_pos_size: grid ``(h, w)`` of the relative-position tables, or None for no tables.
     """
 
@@ -97,7 +100,7 @@ class ViTDetBlock(Block):
         self.window_size = window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the block to ``x`` ``(B, H, W, C)``; returns the same shape."""
+        """Apply the block to ``x`` ``(B, H, W, C)`` and return a tensor of the same shape."""
         batch, height, width, channels = x.shape
         shortcut = x
         x = self.norm1(x)
@@ -123,7 +126,7 @@ class ViTDet(BaseModule):
     """Plain ViT backbone of ViTDet returning one stride-``patch_size`` feature map.
 
     Args:
-        img_size: training input size ``H`` or ``(H, W)``; it sets the grid of the
+        img_size: training input size ``H`` or ``(H, W)``. It sets the grid of the
             relative-position tables of the global blocks. Other input sizes work, and the
             tables are then resampled at each forward.
         patch_size: patch side in pixels.
@@ -166,7 +169,9 @@ class ViTDet(BaseModule):
         global_block_indexes = tuple(int(i) for i in global_block_indexes)
         invalid = [i for i in global_block_indexes if not 0 <= i < depth]
         if invalid:
-            raise ValueError(f"global_block_indexes {invalid} are outside the {depth} blocks")
+            raise ValueError(
+                f"invalid global_block_indexes {invalid}: the model has {depth} blocks, indexed 0 to {depth - 1}"
+            )
         if window_size < 1:
             raise ValueError(f"window_size must be a positive integer, got {window_size}")
         img_h, img_w = _pair(img_size)
@@ -277,7 +282,7 @@ def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]
         file_state = strip_prefixes(extract_state_dict(obj))
         state = encoder_state_dict(obj)
     except CheckpointError as err:
-        raise CheckpointError(f"cannot load pretrained weights from {path!r}: {err}") from err
+        raise CheckpointError(f"failed to load pretrained weights from {path!r}: {err}") from err
     ignored = [key for key in file_state if key not in state]
     if ignored:
         print_log(f"ignored {len(ignored)} pretraining-only keys of {path}: {ignored[:8]}", logger="current")
@@ -302,7 +307,7 @@ def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]
 def _fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], path: str) -> torch.Tensor:
     """Resample a file's ``(1, [1 +] Hs * Ws, C)`` table to ``(1, 1 + H * W, C)`` for ``grid_hw``.
 
-    A square source grid is inferred from the slot count; a table without a cls slot gets
+    A square source grid is inferred from the slot count. A table without a cls slot gets
     a zero one, which the backbone never uses.
     """
     slots = pos_embed.shape[1]

@@ -1,7 +1,7 @@
 """Non-overlapping window partition of a token grid, as used by ViTDet's windowed blocks.
 
 Grids are ``(H, W)`` in that order everywhere and need not be square. The last rows and
-columns are zero-padded up to a multiple of the window; :func:`window_padding_mask` marks
+columns are zero-padded up to a multiple of the window. :func:`window_padding_mask` marks
 which tokens of each window are real, so attention can ignore the padding.
 """
 from __future__ import annotations

@@ -29,6 +29,12 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """
 
     def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
+        unknown = set(self.paramwise_cfg) - {"layer_decay_rate", "backbone"}
+        if unknown:
+            raise ValueError(
+                f"LayerDecayOptimWrapperConstructor does not use paramwise_cfg keys {sorted(unknown)}; "
+                "it sets weight decay itself (none on 1-D parameters and position tables)"
+            )
         decay_rate = self.paramwise_cfg.get("layer_decay_rate")
         if decay_rate is None:
             raise ValueError("LayerDecayOptimWrapperConstructor needs paramwise_cfg.layer_decay_rate")
