@@ -65,7 +65,7 @@ log "installing $(basename "$MMCV_WHEEL")"
 "${PIP[@]}" -q addict packaging "yapf<0.40.2" opencv-python-headless
 
 log "installing mmengine, mmdet, mmsegmentation and test requirements"
-"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/optional.txt"
 "${PIP[@]}" -q --no-deps --no-build-isolation -e "$ROOT"
 
 log "checking the stack"

@@ -1,6 +1,6 @@
 """Layer-wise learning-rate decay for ViT backbones in mmdet and mmseg.
 
-The backbone says how deep each parameter sits (``get_layer_depth``); no class names or
+The backbone reports the depth of each parameter (``get_layer_depth``); no class names or
 parameter-name patterns decide it here. A parameter at layer ``i`` of ``n`` layers gets
 ``lr * decay_rate ** (n - 1 - i)``: the top layer (neck and heads) keeps the base rate,
 block ``N`` of a ``D``-block ViT gets ``decay_rate ** (D - N)``, and the embeddings get
