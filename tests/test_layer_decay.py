@@ -1,6 +1,9 @@
+import logging
+
 import pytest
 import torch
 import torch.nn as nn
+from mmengine.logging import MMLogger
 from mmengine.optim import build_optim_wrapper
 from mmengine.optim.scheduler import CosineAnnealingLR, LinearLR
 
@@ -70,11 +73,19 @@ def test_every_trainable_parameter_in_one_group():
     assert {id(p) for p in grouped} == {id(p) for p in trainable}
 
 
-def test_group_table_logged(capfd):
-    build(decay=0.75)
-    out = capfd.readouterr().out
-    assert "layer-wise lr decay 0.75" in out
-    assert "blocks.0." in out
+def test_group_table_logged():
+    logger = MMLogger.get_current_instance()
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        build(decay=0.75)
+    finally:
+        logger.removeHandler(handler)
+    table = "\n".join(records)
+    assert "layer-wise lr decay 0.75: 8 parameter groups" in table
+    assert "backbone.blocks.0.attn.qkv.weight" in table
 
 
 def test_lr_ratio_constant_under_warmup_and_cosine():

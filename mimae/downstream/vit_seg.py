@@ -18,7 +18,7 @@ from ..checkpoint import (
     load_report,
     read_weights,
 )
-from ..models.layers import Block, PatchEmbed, run_blocks
+from ..models.layers import Block, PatchEmbed, run_blocks, vit_layer_depth
 from ..models.pos_embed import infer_grid, resize_abs_pos_embed
 
 # The pretrained final ``norm`` is not used: outputs are taken from intermediate blocks,
@@ -135,12 +135,11 @@ class ViTSeg(BaseModule):
             CheckpointError: when the file cannot be read, its position table has no
                 recognizable grid, or any key other than those above does not fit.
         """
+        raw = read_weights(path)
         try:
-            state = encoder_state_dict(read_weights(path))
+            state = encoder_state_dict(raw)
         except CheckpointError as err:
-            if str(path) in str(err):
-                raise
-            raise CheckpointError(f"cannot load {str(path)!r}: {err}") from err
+            raise CheckpointError(f"cannot use {str(path)!r} as encoder weights: {err}") from err
         if "pos_embed" in state:
             state["pos_embed"] = self._fit_pos_embed(state["pos_embed"], str(path))
         return load_report(
@@ -192,22 +191,8 @@ class ViTSeg(BaseModule):
         return tuple(outs)
 
     def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
-        """Return the layer-decay depth of a parameter and the number of depths.
-
-        Depths are 0 for ``cls_token``, ``pos_embed`` and ``patch_embed``, ``N + 1`` for
-        ``blocks.N``, and ``depth + 1`` for any other name, including names that do not
-        start with ``prefix`` (neck and heads). The number of depths is ``depth + 2``.
-        """
-        num_depths = self.depth + 2
-        if not param_name.startswith(prefix):
-            return num_depths - 1, num_depths
-        name = param_name[len(prefix):]
-        if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
-            return 0, num_depths
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1, num_depths
-        return num_depths - 1, num_depths
-
+        """Return ``(layer_id, num_layers)`` for layer-wise lr decay (see :func:`vit_layer_depth`)."""
+        return vit_layer_depth(param_name, self.depth, prefix)
 
 def _check_init_cfg(init_cfg: dict | None) -> None:
     """Reject ``init_cfg`` values that ``ViTSeg.init_weights`` would not honour."""

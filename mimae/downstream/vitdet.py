@@ -30,7 +30,7 @@ from mimae.checkpoint import (
     read_weights,
     strip_prefixes,
 )
-from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, run_blocks
+from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, run_blocks, vit_layer_depth
 from mimae.models.pos_embed import infer_grid, resize_abs_pos_embed, resize_rel_pos
 
 from .window import window_padding_mask, window_partition, window_unpartition
@@ -244,22 +244,8 @@ class ViTDet(BaseModule):
         return (x.permute(0, 3, 1, 2).contiguous(),)
 
     def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
-        """Return ``(layer_id, num_layers)`` of a parameter for layer-wise lr decay.
-
-        ``num_layers`` is ``depth + 2``: id 0 is ``patch_embed`` and ``pos_embed``, block
-        N has id N + 1, and every other parameter, including names outside ``prefix``
-        (neck and heads), has the top id ``depth + 1``.
-        """
-        num_layers = self.depth + 2
-        if not param_name.startswith(prefix):
-            return num_layers - 1, num_layers
-        name = param_name[len(prefix):]
-        if name.startswith(("patch_embed.", "pos_embed")):
-            return 0, num_layers
-        if name.startswith("blocks."):
-            return int(name.split(".")[1]) + 1, num_layers
-        return num_layers - 1, num_layers
-
+        """Return ``(layer_id, num_layers)`` for layer-wise lr decay (see :func:`vit_layer_depth`)."""
+        return vit_layer_depth(param_name, self.depth, prefix)
 
 def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]:
     """Load a pretrained encoder file into ``model`` strictly, with a logged key table.

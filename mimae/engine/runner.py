@@ -62,6 +62,14 @@ def unpack_history_buffers(checkpoint: dict) -> None:
                                          value["max_length"])
 
 
+def config_from_checkpoint(checkpoint: dict):
+    """Return the run's config stored in a Runner checkpoint (``meta['cfg']``), or None."""
+    from mmengine.config import Config
+
+    text = checkpoint.get("meta", {}).get("cfg")
+    return Config.fromstring(text, file_format=".py") if text else None
+
+
 def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
     """Read a checkpoint written by a Runner with ``weights_only=True`` and the allow-list."""
     if not osp.isfile(filename):

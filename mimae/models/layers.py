@@ -182,3 +182,22 @@ def run_blocks(
         else:
             x = block(x, **kwargs)
     return x
+
+
+def vit_layer_depth(param_name: str, depth: int, prefix: str = "") -> tuple[int, int]:
+    """Return ``(layer_id, num_layers)`` of a ViT parameter for layer-wise lr decay.
+
+    ``num_layers`` is ``depth + 2``. Inside the backbone (names starting with ``prefix``)
+    block N has id N + 1, a final norm has the top id ``depth + 1``, and everything else
+    (patch and position embeddings, cls and register tokens) has id 0. Names outside the
+    backbone (neck, heads) get the top id.
+    """
+    num_layers = depth + 2
+    if not param_name.startswith(prefix):
+        return num_layers - 1, num_layers
+    name = param_name[len(prefix):]
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1, num_layers
+    if name.startswith(("norm.", "fc_norm.")):
+        return num_layers - 1, num_layers
+    return 0, num_layers
