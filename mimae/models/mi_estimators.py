@@ -13,10 +13,40 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns each rank the gradient of its own slice.
+
+    The gradient of the gathered tensor is summed over ranks first, because every rank's
+    loss depends on every slice.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.batch = tensor.shape[0]
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, tensor.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.batch
+        return grad[start:start + ctx.batch]
+
+
+def gather_across_ranks(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Return ``tensor`` concatenated over all ranks and the offset of this rank's rows."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    return _GatherWithGradient.apply(tensor), dist.get_rank() * tensor.shape[0]
 
 
 class ProjectionHead(nn.Module):
@@ -41,6 +71,8 @@ class InfoNCE(nn.Module):
         hidden_dim, proj_dim: projection head widths.
         temperature: softmax temperature on cosine similarities.
         symmetric: use both directions (i, j) and (j, i) of each pair, else only i < j.
+        gather_negatives: in distributed training, score each anchor against the images of
+            every rank, not only its own batch.
     """
 
     def __init__(
@@ -50,8 +82,10 @@ class InfoNCE(nn.Module):
         proj_dim: int = 256,
         temperature: float = 0.2,
         symmetric: bool = True,
+        gather_negatives: bool = True,
     ) -> None:
         super().__init__()
+        self.gather_negatives = gather_negatives
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.head = ProjectionHead(in_dim, hidden_dim, proj_dim)
@@ -67,12 +101,14 @@ class InfoNCE(nn.Module):
         batch, num_views, _ = pooled.shape
         if num_views < 2:
             raise ValueError("InfoNCE needs at least 2 views per image")
-        z = F.normalize(self.head(pooled).float(), dim=-1).transpose(0, 1)  # (N, B, d)
+        z = F.normalize(self.head(pooled).float(), dim=-1)  # (B, N, d)
+        candidates, offset = gather_across_ranks(z) if self.gather_negatives else (z, 0)
+        z, candidates = z.transpose(0, 1), candidates.transpose(0, 1)  # (N, B, d), (N, B_all, d)
         pairs = view_pairs(num_views, self.symmetric, z.device)
-        # (P, B, B): row b scores anchor b of view i against every image of view j.
-        logits = torch.einsum("pbd,pcd->pbc", z[pairs[:, 0]], z[pairs[:, 1]]) / self.temperature
-        logits = logits.reshape(-1, batch)
-        target = torch.arange(batch, device=z.device).repeat(pairs.shape[0])
+        # (P, B, B_all): row b scores anchor b of view i against every image of view j.
+        logits = torch.einsum("pbd,pcd->pbc", z[pairs[:, 0]], candidates[pairs[:, 1]]) / self.temperature
+        logits = logits.reshape(-1, candidates.shape[1])
+        target = (torch.arange(batch, device=z.device) + offset).repeat(pairs.shape[0])
         loss = F.cross_entropy(logits, target)
         accuracy = (logits.argmax(dim=1) == target).float().mean()
         return dict(loss=loss, log=dict(infonce=loss.detach(), infonce_acc=accuracy.detach()))
