@@ -7,19 +7,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from ..checkpoint import (
-    PRETRAIN_ONLY_KEYS,
-    CheckpointError,
-    encoder_state_dict,
-    load_report,
-    read_weights,
-)
+from ..checkpoint import PRETRAIN_ONLY_KEYS, load_encoder_file
 from ..models.layers import Block, PatchEmbed, run_blocks, vit_layer_depth
-from ..models.pos_embed import infer_grid, resize_abs_pos_embed
+from ..models.pos_embed import resize_abs_pos_embed
 
 # The pretrained final ``norm`` is not used: outputs are taken from intermediate blocks,
 # and the last output is returned without it, as in mmseg 1.2.2's MAE backbone
@@ -124,53 +117,26 @@ class ViTSeg(BaseModule):
     def load_pretrained(self, path: str) -> tuple[list[str], list[str]]:
         """Load encoder weights from ``path`` strictly and log a table of the keys.
 
-        Accepts the layouts that ``mimae.checkpoint.encoder_state_dict`` reads. A stored
-        ``pos_embed`` of another grid is resampled to ``grid_size``, keeping the cls slot.
-        Pretraining-only keys (decoder, mask token, MI heads) are dropped before loading.
+        Accepts the layouts that ``mimae.checkpoint.pretrained_state_dict`` reads. A stored
+        ``pos_embed`` of another grid is resampled to ``grid_size``, and a table without a
+        cls slot gets a zero one.
 
         Returns:
-            The missing and unexpected keys, which are only the unused final ``norm``.
+            The missing keys, which are always empty because none is allowed, and the
+            unexpected keys: the unused final ``norm`` and pretraining-only keys such as the
+            decoder, mask token and MI heads.
 
         Raises:
             CheckpointError: when the file cannot be read, its position table has no
                 recognizable grid, or any key other than those above does not fit.
         """
-        raw = read_weights(path)
-        try:
-            state = encoder_state_dict(raw)
-        except CheckpointError as err:
-            raise CheckpointError(f"cannot use {str(path)!r} as encoder weights: {err}") from err
-        if "pos_embed" in state:
-            state["pos_embed"] = self._fit_pos_embed(state["pos_embed"], str(path))
-        return load_report(
+        return load_encoder_file(
             self,
-            state,
-            str(path),
+            path,
+            self.grid_size,
             allow_missing=(),
             allow_unexpected=UNUSED_PRETRAINED_KEYS + PRETRAIN_ONLY_KEYS,
         )
-
-    def _fit_pos_embed(self, pos_embed: torch.Tensor, source: str) -> torch.Tensor:
-        """Resample a stored ``(1, 1 + Hs * Ws, C)`` table to ``(1, 1 + H * W, C)``."""
-        if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
-            raise CheckpointError(
-                f"pos_embed in {source!r} has shape {tuple(pos_embed.shape)}, expected (1, 1 + H * W, C)"
-            )
-        try:
-            src_hw = infer_grid(pos_embed.shape[1] - 1, self.grid_size)
-        except ValueError as err:
-            raise CheckpointError(
-                f"pos_embed in {source!r} has {pos_embed.shape[1]} slots, which is not one cls slot "
-                f"plus a square grid: {err}"
-            ) from err
-        if src_hw == self.grid_size:
-            return pos_embed
-        print_log(
-            f"resampling pos_embed of {source} from a {src_hw[0]}x{src_hw[1]} grid to "
-            f"{self.grid_size[0]}x{self.grid_size[1]} (bicubic, cls slot kept)",
-            logger="current",
-        )
-        return resize_abs_pos_embed(pos_embed, src_hw, self.grid_size, num_prefix_tokens=1)
 
     def pos_embed_for(self, grid_hw: tuple[int, int]) -> torch.Tensor:
         """Return the position table ``(1, 1 + H * W, C)`` resampled to ``grid_hw``."""

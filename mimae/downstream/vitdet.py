@@ -18,20 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmdet.registry import MODELS
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 
-from mimae.checkpoint import (
-    PRETRAIN_ONLY_KEYS,
-    CheckpointError,
-    encoder_state_dict,
-    extract_state_dict,
-    load_report,
-    read_weights,
-    strip_prefixes,
-)
+from mimae.checkpoint import PRETRAIN_ONLY_KEYS, load_encoder_file
 from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, run_blocks, vit_layer_depth
-from mimae.models.pos_embed import infer_grid, resize_abs_pos_embed, resize_rel_pos
+from mimae.models.pos_embed import resize_abs_pos_embed
 
 from .window import window_padding_mask, window_partition, window_unpartition
 
@@ -250,8 +241,9 @@ class ViTDet(BaseModule):
 def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]:
     """Load a pretrained encoder file into ``model`` strictly, with a logged key table.
 
-    ``pos_embed`` is resampled to the model's pretraining grid and relative-position
-    tables to the model's table lengths when the file's sizes differ.
+    Every layout of :func:`mimae.checkpoint.pretrained_state_dict` is accepted. ``pos_embed``
+    is resampled to the model's pretraining grid, with or without a cls slot in the file,
+    and relative-position tables to the model's table lengths when the file's sizes differ.
 
     Returns:
         ``(missing, unexpected)``: model keys the file lacks (only relative-position tables
@@ -262,56 +254,10 @@ def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]
         CheckpointError: when the file is missing or unreadable, contains no tensors, or
             leaves keys outside those allow-lists.
     """
-    path = str(path)
-    obj = read_weights(path)
-    try:
-        file_state = strip_prefixes(extract_state_dict(obj))
-        state = encoder_state_dict(obj)
-    except CheckpointError as err:
-        raise CheckpointError(f"failed to load pretrained weights from {path!r}: {err}") from err
-    ignored = [key for key in file_state if key not in state]
-    if ignored:
-        print_log(f"ignored {len(ignored)} pretraining-only keys of {path}: {ignored[:8]}", logger="current")
-
-    model_state = model.state_dict()
-    if "pos_embed" in state and state["pos_embed"].shape != model_state["pos_embed"].shape:
-        state["pos_embed"] = _fit_pos_embed(state["pos_embed"], model.pretrain_grid, path)
-    for key, table in list(state.items()):
-        if key.endswith((".rel_pos_h", ".rel_pos_w")) and key in model_state:
-            state[key] = resize_rel_pos(table, model_state[key].shape[0])
-
-    missing, unexpected = load_report(
+    return load_encoder_file(
         model,
-        state,
-        source=path,
+        path,
+        model.pretrain_grid,
         allow_missing=REL_POS_KEYS,
         allow_unexpected=ENCODER_ONLY_KEYS + PRETRAIN_ONLY_KEYS,
     )
-    return missing, unexpected + ignored
-
-
-def _fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], path: str) -> torch.Tensor:
-    """Resample a file's ``(1, [1 +] Hs * Ws, C)`` table to ``(1, 1 + H * W, C)`` for ``grid_hw``.
-
-    A square source grid is inferred from the slot count. A table without a cls slot gets
-    a zero one, which the backbone never uses.
-    """
-    slots = pos_embed.shape[1]
-    num_prefix = 1
-    for prefix in (1, 0):
-        side = int(round((slots - prefix) ** 0.5))
-        if side * side == slots - prefix:
-            num_prefix = prefix
-            break
-    try:
-        src_hw = infer_grid(slots - num_prefix, grid_hw)
-    except ValueError as err:
-        raise CheckpointError(f"pos_embed {tuple(pos_embed.shape)} of {path!r}: {err}") from err
-    table = resize_abs_pos_embed(pos_embed, src_hw, grid_hw, num_prefix_tokens=num_prefix)
-    if num_prefix == 0:
-        table = torch.cat([table.new_zeros(1, 1, table.shape[-1]), table], dim=1)
-    print_log(
-        f"resampled pos_embed of {path} from a {src_hw[0]}x{src_hw[1]} grid to {grid_hw[0]}x{grid_hw[1]}",
-        logger="current",
-    )
-    return table
