@@ -11,12 +11,11 @@ from pathlib import Path
 
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
-from PIL import Image, UnidentifiedImageError
 
+from mimae.data_checks import IMAGE_EXTENSIONS, VERIFY_MODES, find_bad_images
 from mimae.registry import DATASETS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-VERIFY_MODES = ("none", "header", "full")
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "find_bad_images", "list_images", "read_file_list"]
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -48,31 +47,6 @@ def read_file_list(ann_file: str) -> list[str]:
         return [line.split()[0] for line in f if line.strip()]
 
 
-def find_bad_images(paths: list[str], mode: str) -> list[tuple[str, str]]:
-    """Return ``(path, reason)`` for every file that is missing, empty or fails to open.
-
-    ``header`` reads only the image header (fast, suits ImageNet-size folders); ``full``
-    also decodes the pixels, which catches truncated files.
-    """
-    bad = []
-    for path in paths:
-        if not os.path.isfile(path):
-            bad.append((path, "file not found"))
-            continue
-        if os.path.getsize(path) == 0:
-            bad.append((path, "empty file (0 bytes)"))
-            continue
-        if mode == "none":
-            continue
-        try:
-            with Image.open(path) as img:
-                if mode == "full":
-                    img.load()
-        except (OSError, UnidentifiedImageError, SyntaxError) as err:
-            bad.append((path, f"cannot decode: {err}"))
-    return bad
-
-
 @DATASETS.register_module()
 class ImageFolder(BaseDataset):
     """Images from a plain folder or an ImageNet-style tree (class folders are ignored).
@@ -82,7 +56,9 @@ class ImageFolder(BaseDataset):
         data_prefix: ``dict(img_path='train')``: sub-folder with the images.
         ann_file: optional text file (one relative path per line, ImageNet ``train.txt``
             style) or COCO json whose ``file_name`` entries select the images.
-        verify: ``'none'``, ``'header'`` or ``'full'``: how far to check each file at start.
+        verify: how far to check each file at start. ``'none'``: exists and is not empty.
+            ``'header'``: the header is read, and a JPEG or PNG without its end marker is
+            decoded in full, which catches truncated files. ``'full'``: every file is decoded.
         on_bad_image: ``'error'`` raises with the list of bad files; ``'skip'`` drops them
             and logs how many were dropped.
     """
