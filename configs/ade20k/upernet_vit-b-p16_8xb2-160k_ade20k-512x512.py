@@ -183,3 +183,7 @@ log_processor = dict(by_epoch=False)
 log_level = "INFO"
 load_from = None
 resume = False
+
+# Stop on a NaN or infinite loss term before its checkpoint is written, and record every
+# logged term per iteration in work_dir/loss_trace.json (hooks of mimae's pretraining runner).
+custom_hooks = [dict(type="mimae.NonFiniteLossHook"), dict(type="mimae.LossTraceHook")]

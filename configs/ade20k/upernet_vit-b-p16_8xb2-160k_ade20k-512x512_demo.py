@@ -81,6 +81,3 @@ default_hooks = dict(
     checkpoint=dict(interval=max_iters, max_keep_ckpts=1, save_last=True),
 )
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
-# Stop on a NaN or infinite loss term before its checkpoint is written, and record every
-# logged term per iteration in work_dir/loss_trace.json (hooks of mimae's pretraining runner).
-custom_hooks = [dict(type="mimae.NonFiniteLossHook"), dict(type="mimae.LossTraceHook")]

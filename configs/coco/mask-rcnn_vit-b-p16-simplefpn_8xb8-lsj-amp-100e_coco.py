@@ -178,3 +178,7 @@ log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
 
 # The lr above is for 64 images per iteration. `--auto-scale-lr` rescales it for other batch sizes.
 auto_scale_lr = dict(base_batch_size=64)
+
+# Stop on a NaN or infinite loss term before its checkpoint is written, and record every
+# logged term per iteration in work_dir/loss_trace.json (hooks of mimae's pretraining runner).
+custom_hooks = [dict(type="mimae.NonFiniteLossHook"), dict(type="mimae.LossTraceHook")]

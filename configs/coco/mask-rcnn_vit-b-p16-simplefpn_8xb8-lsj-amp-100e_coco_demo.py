@@ -124,6 +124,3 @@ default_hooks = dict(
 )
 log_processor = dict(window_size=10)
 env_cfg = dict(dist_cfg=dict(backend="gloo"))
-# Stop on a NaN or infinite loss term before its checkpoint is written, and record every
-# logged term per iteration in work_dir/loss_trace.json (hooks of mimae's pretraining runner).
-custom_hooks = [dict(type="mimae.NonFiniteLossHook"), dict(type="mimae.LossTraceHook")]
