@@ -69,14 +69,18 @@ class MAEDecoder(nn.Module):
         """Predict ``(B, L, p * p * C)`` from ``latent`` ``(B, 1 + K, D)`` and ``ids_keep`` ``(B, K)``."""
         x = self.embed(latent)
         batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
-        # Visible tokens go back to their grid positions; all others are mask tokens.
-        full = self.mask_token.to(x.dtype).expand(batch, num_patches, -1).clone()
-        full.scatter_(1, ids_keep.unsqueeze(-1).expand(-1, -1, self.embed_dim), x[:, 1:])
-        x = torch.cat([x[:, :1], full], dim=1)
         if tuple(grid_hw) == self.grid_size:
-            x = x + self.pos_embed
+            pos_embed = self.pos_embed
         else:
-            x = x + sincos_2d(self.embed_dim, grid_hw, 1).to(x)
+            pos_embed = sincos_2d(self.embed_dim, grid_hw, 1).to(x.device)
+        # One (B, 1 + L, D) buffer of mask tokens receives the cls token in slot 0 and each
+        # visible token in slot 1 + its grid index. The position table is added in place.
+        # The buffer has the dtype of `x + pos_embed`, so under autocast the stream stays float32.
+        dtype = torch.promote_types(x.dtype, pos_embed.dtype)
+        slots = torch.cat([ids_keep.new_zeros(batch, 1), ids_keep + 1], dim=1)  # (B, 1 + K)
+        full = self.mask_token.to(dtype).expand(batch, 1 + num_patches, -1).clone()
+        full.scatter_(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), x.to(dtype))
+        x = full.add_(pos_embed)
         x = self.norm(run_blocks(self.blocks, x))
         return self.pred(x[:, 1:])
 
@@ -127,8 +131,7 @@ class MAE(BaseModel):
         """Return the per-patch pixel target ``(B, L, p * p * C)``."""
         target = patchify(imgs, self.encoder.patch_size)
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            var, mean = torch.var_mean(target, dim=-1, keepdim=True)  # unbiased variance, one pass
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 

@@ -101,15 +101,19 @@ class InfoNCE(nn.Module):
         batch, num_views, _ = pooled.shape
         if num_views < 2:
             raise ValueError("InfoNCE needs at least 2 views per image")
-        z = F.normalize(self.head(pooled).float(), dim=-1)  # (B, N, d)
-        candidates, offset = gather_across_ranks(z) if self.gather_negatives else (z, 0)
-        z, candidates = z.transpose(0, 1), candidates.transpose(0, 1)  # (N, B, d), (N, B_all, d)
-        pairs = view_pairs(num_views, self.symmetric, z.device)
-        # (P, B, B_all): row b scores anchor b of view i against every image of view j.
-        logits = torch.einsum("pbd,pcd->pbc", z[pairs[:, 0]], candidates[pairs[:, 1]]) / self.temperature
-        logits = logits.reshape(-1, candidates.shape[1])
-        target = (torch.arange(batch, device=z.device) + offset).repeat(pairs.shape[0])
-        loss = F.cross_entropy(logits, target)
+        projected = self.head(pooled)
+        # Autocast is off here because it would run the einsum below as a bfloat16 batched
+        # matmul and round the similarities. The logits and the loss stay in float32.
+        with torch.autocast(device_type=projected.device.type, enabled=False):
+            z = F.normalize(projected.float(), dim=-1)  # (B, N, d)
+            candidates, offset = gather_across_ranks(z) if self.gather_negatives else (z, 0)
+            z, candidates = z.transpose(0, 1), candidates.transpose(0, 1)  # (N, B, d), (N, B_all, d)
+            pairs = view_pairs(num_views, self.symmetric, z.device)
+            # (P, B, B_all): row b scores anchor b of view i against every image of view j.
+            logits = torch.einsum("pbd,pcd->pbc", z[pairs[:, 0]], candidates[pairs[:, 1]]) / self.temperature
+            logits = logits.reshape(-1, candidates.shape[1])
+            target = (torch.arange(batch, device=z.device) + offset).repeat(pairs.shape[0])
+            loss = F.cross_entropy(logits, target)
         accuracy = (logits.argmax(dim=1) == target).float().mean()
         return dict(loss=loss, log=dict(infonce=loss.detach(), infonce_acc=accuracy.detach()))
 
@@ -172,9 +176,10 @@ class MINE(nn.Module):
         z = self.head(pooled).float()  # (B, N, d)
         pairs = view_pairs(num_views, self.symmetric, z.device)
         first, second = z[:, pairs[:, 0]], z[:, pairs[:, 1]]  # (B, P, d)
-        joint = self.critic(torch.cat([first, second], dim=-1)).flatten()
+        # The critic may run in bfloat16 under autocast; its scores enter the bound in float32.
+        joint = self.critic(torch.cat([first, second], dim=-1)).flatten().float()
         shuffled = second.roll(shifts=1, dims=0)
-        marginal = self.critic(torch.cat([first, shuffled], dim=-1)).flatten()
+        marginal = self.critic(torch.cat([first, shuffled], dim=-1)).flatten().float()
         with torch.no_grad():
             batch_mean = marginal.exp().mean()
             if self.training:
@@ -211,7 +216,8 @@ class CLUB(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compute the CLUB terms for ``x`` ``(M, Dx)`` and ``z`` ``(M, Dz)``."""
         x, z = x.float(), z.float()
-        mu, logvar = self.mu(x), self.logvar(x)
+        # q's layers may run in bfloat16 under autocast; the likelihood terms use float32.
+        mu, logvar = self.mu(x).float(), self.logvar(x).float()
         # Fit q on detached latents: only q's parameters receive this gradient.
         q_nll = 0.5 * (((z.detach() - mu) ** 2) / logvar.exp() + logvar).mean()
         # Score the encoder with q frozen: only z receives this gradient.

@@ -1,0 +1,186 @@
+"""Under bfloat16 autocast, attention softmax and every loss stay in float32.
+
+Attention runs in ``scaled_dot_product_attention``. Without a bias, the CPU flash kernel
+takes bfloat16 inputs and keeps the softmax statistics (its log-sum-exp output) in float32.
+With a bias that needs a gradient (relative positions), PyTorch takes its math path,
+which upcasts bfloat16 to float32 before the softmax unless
+``torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)`` is set. The tests record
+the aten operators that run and check the dtypes that each softmax receives.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from mimae.downstream.vitdet import MaskedAttention
+from mimae.models import CLUB, MAE, MIMAE, MINE, InfoNCE
+from mimae.models.layers import Attention
+
+SOFTMAX_OPS = ("aten._softmax.", "aten._safe_softmax.", "aten._log_softmax.", "aten.logsumexp.")
+FLASH_OPS = ("aten._scaled_dot_product_flash_attention_for_cpu.",)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Record every aten operator with the dtypes of its tensor inputs and outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[torch.dtype], list[torch.dtype]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = [a.dtype for a in itertools.chain(args, (kwargs or {}).values()) if isinstance(a, torch.Tensor)]
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        self.calls.append((str(func), inputs, [o.dtype for o in outputs if isinstance(o, torch.Tensor)]))
+        return out
+
+    def ops(self, prefixes: tuple[str, ...]) -> list[tuple[str, list[torch.dtype], list[torch.dtype]]]:
+        return [call for call in self.calls if call[0].startswith(prefixes)]
+
+
+def bf16_autocast():
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def attention_cases():
+    torch.manual_seed(0)
+    plain = Attention(64, num_heads=4)
+    rel_pos = Attention(64, num_heads=4, rel_pos_size=(4, 4))
+    torch.nn.init.normal_(rel_pos.rel_pos_h, std=0.5)
+    torch.nn.init.normal_(rel_pos.rel_pos_w, std=0.5)
+    masked = MaskedAttention(64, num_heads=4, rel_pos_size=(4, 4))
+    key_mask = torch.ones(2, 16, dtype=torch.bool)
+    key_mask[:, -3:] = False  # padding keys of a partial window
+    return {
+        "plain": (plain, lambda m, x: m(x)),
+        "rel_pos": (rel_pos, lambda m, x: m(x, (4, 4))),
+        "padded_window": (masked, lambda m, x: m(x, (4, 4), key_mask)),
+    }
+
+
+@pytest.mark.parametrize("case", ["plain", "rel_pos", "padded_window"])
+def test_attention_softmax_float32(case: str) -> None:
+    module, run = attention_cases()[case]
+    x = torch.randn(2, 16, 64, requires_grad=True)
+
+    with bf16_autocast(), OpRecorder() as forward:
+        out = run(module, x)
+    with OpRecorder() as backward:
+        out.float().square().sum().backward()
+
+    assert out.dtype == torch.bfloat16
+    flash = forward.ops(FLASH_OPS)
+    softmax = forward.ops(SOFTMAX_OPS)
+    assert flash or softmax, "no attention kernel or softmax ran"
+    for name, inputs, outputs in flash:
+        assert outputs[1] == torch.float32, f"{name} keeps its log-sum-exp in {outputs[1]}"
+    for name, inputs, _ in softmax + backward.ops(("aten._softmax_backward_data.",)):
+        assert all(dtype == torch.float32 for dtype in inputs), f"{name} ran on {inputs}"
+
+
+@pytest.mark.parametrize("case", ["plain", "rel_pos", "padded_window"])
+def test_attention_close_to_float32(case: str) -> None:
+    module, run = attention_cases()[case]
+    x = torch.randn(2, 16, 64)
+
+    with torch.no_grad():
+        reference = run(module, x)
+        with bf16_autocast():
+            mixed = run(module, x)
+
+    # bfloat16 keeps 8 significant bits; the projections round inputs and weights.
+    assert torch.allclose(mixed.float(), reference, atol=0.05, rtol=0.05)
+
+
+def infonce_reference(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE over all ordered view pairs, in float32, from projected latents ``(B, N, d)``."""
+    z = F.normalize(z.float(), dim=-1)
+    batch, num_views, _ = z.shape
+    losses = []
+    for i in range(num_views):
+        for j in range(num_views):
+            if i != j:
+                logits = z[:, i] @ z[:, j].T / temperature
+                losses.append(F.cross_entropy(logits, torch.arange(batch)))
+    return torch.stack(losses).mean()
+
+
+def test_infonce_logits_float32() -> None:
+    torch.manual_seed(0)
+    estimator = InfoNCE(in_dim=32, hidden_dim=64, proj_dim=16, temperature=0.2)
+    pooled = torch.randn(8, 4, 32)
+
+    with bf16_autocast():
+        out = estimator(pooled)
+        projected = estimator.head(pooled)
+
+    assert projected.dtype == torch.bfloat16
+    assert out["loss"].dtype == torch.float32
+    # Logits from a bfloat16 matmul would be off by about 1e-2 here.
+    expected = infonce_reference(projected, 0.2)
+    assert out["loss"].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_club_terms_float32() -> None:
+    torch.manual_seed(0)
+    club = CLUB(x_dim=32, z_dim=16, hidden_dim=64)
+    x, z = torch.randn(12, 32), torch.randn(12, 16)
+
+    with bf16_autocast():
+        out = club(x, z)
+        mu, logvar = club.mu(x).float(), club.logvar(x).float()
+
+    assert out["estimate"].dtype == torch.float32
+    assert out["q_nll"].dtype == torch.float32
+    q_nll = 0.5 * (((z - mu) ** 2) / logvar.exp() + logvar).mean()
+    inv_var = (-logvar).exp()
+    positive = -0.5 * (z - mu) ** 2 * inv_var
+    negative = -0.5 * ((z[None, :, :] - mu[:, None, :]) ** 2).mean(dim=1) * inv_var
+    assert out["q_nll"].item() == pytest.approx(q_nll.item(), abs=1e-5)
+    assert out["estimate"].item() == pytest.approx((positive - negative).mean().item(), abs=1e-5)
+
+
+def test_mine_bound_float32() -> None:
+    torch.manual_seed(0)
+    estimator = MINE(in_dim=32, hidden_dim=64, proj_dim=16, critic_dim=32)
+    pooled = torch.randn(8, 4, 32)
+
+    with bf16_autocast(), OpRecorder() as recorder:
+        out = estimator(pooled)
+
+    assert out["loss"].dtype == torch.float32
+    for name, inputs, _ in recorder.ops(SOFTMAX_OPS + ("aten.exp.",)):
+        assert all(dtype == torch.float32 for dtype in inputs), f"{name} ran on {inputs}"
+
+
+def tiny_model_args() -> dict:
+    return dict(
+        encoder=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4),
+        decoder=dict(embed_dim=32, depth=1, num_heads=4),
+    )
+
+
+@pytest.mark.parametrize("kind", ["mae", "mimae"])
+def test_pretraining_losses_float32(kind: str) -> None:
+    torch.manual_seed(0)
+    if kind == "mae":
+        model = MAE(**tiny_model_args())
+    else:
+        model = MIMAE(**tiny_model_args(), num_views=4, mi_max=dict(type="InfoNCE", hidden_dim=32, proj_dim=16),
+                      mi_min=dict(type="CLUB", hidden_dim=32))
+    images = torch.randn(4, 3, 32, 32)
+
+    with bf16_autocast(), OpRecorder() as recorder:
+        losses = model.loss(images)
+
+    assert any(dtype == torch.bfloat16 for _, _, outputs in recorder.calls for dtype in outputs), "autocast was off"
+    for key, value in losses.items():
+        assert value.dtype == torch.float32, f"{key} is {value.dtype}"
+    for name, inputs, _ in recorder.ops(SOFTMAX_OPS):
+        assert all(dtype == torch.float32 for dtype in inputs), f"{name} ran on {inputs}"
+    for name, _, outputs in recorder.ops(FLASH_OPS):
+        assert outputs[1] == torch.float32, f"{name} keeps its log-sum-exp in {outputs[1]}"

@@ -1,0 +1,822 @@
+"""Benchmark mimae's pretraining steps and backbones against timm, mmpretrain and the GEMM ceiling.
+
+All timed figures of one precision come from one process and one set of rounds. Every
+round runs one step of each workload in turn (interleaved), so a background load slows
+all of them alike. Each figure is the median over the rounds after the warm-up rounds,
+and ratios between workloads are taken within one run.
+
+Measured per workload:
+
+* seconds per step and images per second. A training step is forward, backward and
+  ``AdamW.step``; a backbone or encoder step is forward and backward with a fixed
+  random gradient on every output.
+* FLOPs per step, counted once with ``torch.utils.flop_counter.FlopCounterMode``
+  (matrix products, convolutions and attention), and the FLOP/s they give at the
+  median time.
+* peak tensor memory during one step. On CUDA: ``torch.cuda.max_memory_allocated``.
+  On the CPU: the maximum of the total of PyTorch's memory timeline
+  (``torch.profiler`` with ``profile_memory=True``, ``export_memory_timeline``), which
+  counts every tensor the step touches, parameters and optimizer state included.
+
+Examples::
+
+    python tools/benchmark.py --out work_dirs/benchmark/cpu.json
+    python tools/benchmark.py --quick
+    python tools/benchmark.py --device cuda --batch-size 128 --precision fp32 bf16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile, schedule
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# Per-GPU input sizes of the downstream recipes (configs/coco and configs/ade20k).
+DET_RECIPE = dict(size=1024, batch=8)
+SEG_RECIPE = dict(size=512, batch=2)
+PRETRAIN_CONFIGS = {
+    "MAE": "configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k_demo.py",
+    "MI-MAE": "configs/pretrain/mimae_vit-base-p16_8xb512-amp-coslr-400e_in1k_demo.py",
+}
+
+
+@dataclass
+class Arch:
+    """Model sizes shared by every workload of one run."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    window_size: int = 14
+    global_blocks: tuple[int, ...] = (2, 5, 8, 11)
+    seg_out_indices: tuple[int, ...] = (3, 5, 7, 11)
+    head_hidden: int = 2048
+    head_out: int = 256
+    club_hidden: int = 512
+
+
+QUICK_ARCH = Arch(img_size=64, embed_dim=192, depth=4, num_heads=3, decoder_dim=128, decoder_depth=2,
+                  decoder_heads=4, window_size=4, global_blocks=(1, 3), seg_out_indices=(0, 1, 2, 3),
+                  head_hidden=256, head_out=64, club_hidden=128)
+
+
+@dataclass
+class Workload:
+    """One timed step: ``step()`` runs it, ``images`` is the number of images it processes."""
+
+    key: str
+    label: str
+    images: int
+    step: Callable[[], None]
+    times: list[float] = field(default_factory=list)
+    flops: int = 0
+    flops_by_op: dict[str, int] = field(default_factory=dict)
+    peak_bytes: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counting
+# ---------------------------------------------------------------------------------------------
+
+def register_cpu_attention_flops() -> None:
+    """Teach ``FlopCounterMode`` the CPU flash-attention kernels.
+
+    torch 2.14's counter has formulas for the CUDA attention kernels only. On the CPU,
+    ``scaled_dot_product_attention`` runs ``_scaled_dot_product_flash_attention_for_cpu``,
+    which it would count as zero FLOPs. The formulas registered here are torch's own.
+    """
+    aten = torch.ops.aten
+    forward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    backward = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if forward is not None and forward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(forward)
+        def _forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    if backward is not None and backward not in flop_counter.flop_registry:
+        @flop_counter.register_flop_formula(backward)
+        def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def count_flops(workload: Workload) -> None:
+    """Run one step under ``FlopCounterMode`` and store the total and the per-op counts."""
+    with FlopCounterMode(display=False) as counter:
+        workload.step()
+    workload.flops = counter.get_total_flops()
+    workload.flops_by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+# ---------------------------------------------------------------------------------------------
+
+def autocast_context(device: torch.device, precision: str):
+    """Return the autocast context of ``precision``: bf16 autocast, or a disabled one for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def make_adamw(model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """Return AdamW with the MAE recipe's settings: torch's default implementation, or the fused kernel."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=fused or None)
+
+
+def training_step(model: nn.Module, loss_fn: Callable[[], dict], device: torch.device, precision: str,
+                  fused_adamw: bool = False):
+    """Return a closure that runs forward, backward and one AdamW step of ``model``.
+
+    The loss is the sum of every entry whose key contains ``loss``, the rule of
+    MMEngine's ``BaseModel.parse_losses``.
+    """
+    optimizer = make_adamw(model, fused_adamw)
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            losses = loss_fn()
+        total = sum(value for key, value in losses.items() if "loss" in key)
+        total.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
+                  precision: str):
+    """Return a closure that runs ``forward`` and back-propagates a fixed random gradient into every output."""
+    with torch.no_grad(), autocast_context(device, precision):
+        shapes = [(out.shape, out.dtype) for out in forward()]
+    generator = torch.Generator(device=device).manual_seed(1)
+    grads = [torch.randn(shape, generator=generator, device=device).to(dtype) for shape, dtype in shapes]
+
+    def step() -> None:
+        with autocast_context(device, precision):
+            outs = forward()
+        torch.autograd.backward(outs, grads)
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
+                         fused_adamw: bool = False) -> Workload:
+    """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
+
+    Every workload uses torch's default AdamW, as the recipes do, unless ``fused_adamw``
+    selects the fused kernel.
+    """
+    from mimae.models import MAE, MIMAE
+
+    torch.manual_seed(0)
+    encoder = dict(img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim,
+                   depth=arch.depth, num_heads=arch.num_heads)
+    decoder = dict(embed_dim=arch.decoder_dim, depth=arch.decoder_depth, num_heads=arch.decoder_heads)
+    if kind == "mae":
+        model = MAE(encoder=encoder, decoder=decoder, mask_ratio=0.75, num_views=1)
+        label = "mimae MAE"
+    elif kind == "control":
+        model = MIMAE(encoder=encoder, decoder=decoder, mask_ratio=1 - 1 / views, num_views=views,
+                      mi_max=None, mi_min=None)
+        label = f"mimae control (MIMAE, N={views}, no MI terms)"
+    else:
+        model = MIMAE(encoder=encoder, decoder=decoder, mask_ratio=1 - 1 / views, num_views=views,
+                      mi_max=dict(type="InfoNCE", hidden_dim=arch.head_hidden, proj_dim=arch.head_out),
+                      mi_min=dict(type="CLUB", hidden_dim=arch.club_hidden))
+        label = f"mimae MI-MAE (N={views})"
+    model = model.to(device).train()
+    images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
+    step = training_step(model, lambda: model.loss(images), device, precision, fused_adamw)
+    if fused_adamw:
+        return Workload(f"{kind}_fused_adamw", f"{label}, fused AdamW", batch, step)
+    return Workload(kind, label, batch, step)
+
+
+def mmpretrain_available() -> str | None:
+    """Return mmpretrain's version when it imports with the installed mmcv and torch, else None."""
+    try:
+        import mmpretrain
+    except Exception as err:  # noqa: BLE001  (any import failure means the comparison is skipped)
+        print(f"mmpretrain is not usable, its comparison is skipped: {type(err).__name__}: {err}")
+        return None
+    return mmpretrain.__version__
+
+
+def build_mmpretrain_mae(arch: Arch, batch: int, device, precision) -> Workload:
+    """Build mmpretrain 1.2.0's MAE ViT-B/16 (its ``_base_/models/mae_vit-base-p16.py``) as a training step."""
+    import mmpretrain
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+    from mmpretrain.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(osp.join(osp.dirname(mmpretrain.__file__), ".mim/configs/_base_/models/mae_vit-base-p16.py"))
+    model_cfg = cfg.model
+    model_cfg.pop("init_cfg", None)
+    if arch != Arch():
+        model_cfg.backbone.arch = dict(embed_dims=arch.embed_dim, num_layers=arch.depth, num_heads=arch.num_heads,
+                                       feedforward_channels=4 * arch.embed_dim)
+        model_cfg.backbone.img_size = arch.img_size
+        model_cfg.neck.update(num_patches=(arch.img_size // arch.patch_size) ** 2, embed_dim=arch.embed_dim,
+                              decoder_embed_dim=arch.decoder_dim, decoder_depth=arch.decoder_depth,
+                              decoder_num_heads=arch.decoder_heads)
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope("mmpretrain"):
+        model = MODELS.build(model_cfg)
+    model = model.to(device).train()
+    images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
+    step = training_step(model, lambda: model.loss(images, None), device, precision)
+    return Workload("mmpretrain_mae", f"mmpretrain {mmpretrain.__version__} MAE", batch, step)
+
+
+def build_encoder(kind: str, arch: Arch, batch: int, device, precision) -> Workload:
+    """Build the forward and backward pass of a ViT encoder on all patches: mimae's or timm's."""
+    torch.manual_seed(0)
+    if kind == "timm":
+        import timm
+
+        overrides = {} if arch == Arch() else dict(img_size=arch.img_size, embed_dim=arch.embed_dim,
+                                                  depth=arch.depth, num_heads=arch.num_heads)
+        model = timm.create_model("vit_base_patch16_224", pretrained=False, **overrides)
+        forward_features = model.forward_features
+        label = f"timm {timm.__version__} vit_base_patch16_224 features"
+    else:
+        from mimae.models import VisionTransformer
+
+        model = VisionTransformer(img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim,
+                                  depth=arch.depth, num_heads=arch.num_heads)
+        forward_features = model.forward
+        label = "mimae encoder (VisionTransformer)"
+    model = model.to(device).train()
+    images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
+    step = backward_step(model, lambda: (forward_features(images),), device, precision)
+    tokens = (arch.img_size // arch.patch_size) ** 2
+    return Workload(f"{kind}_encoder", f"{label}, {tokens} tokens", batch, step)
+
+
+def build_detection_backbone(arch: Arch, size: int, batch: int, device, precision) -> Workload:
+    """Build the forward and backward pass of ViTDet + SimpleFPN with the COCO recipe's settings."""
+    from mimae.downstream import SimpleFPN, ViTDet
+
+    torch.manual_seed(0)
+    backbone = ViTDet(img_size=size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
+                      num_heads=arch.num_heads, drop_path_rate=0.1, window_size=arch.window_size,
+                      global_block_indexes=arch.global_blocks, pretrain_img_size=arch.img_size)
+    backbone.init_weights()
+    neck = SimpleFPN(arch.embed_dim, 256, scale_factors=(4.0, 2.0, 1.0, 0.5), num_outs=5,
+                     norm_cfg=dict(type="LN2d", eps=1e-6), act_cfg=dict(type="GELU"))
+    model = nn.Sequential(backbone, neck).to(device).train()
+    images = torch.randn(batch, 3, size, size, device=device)
+    step = backward_step(model, lambda: model(images), device, precision)
+    return Workload("det_backbone", f"ViTDet + SimpleFPN {size}x{size}", batch, step)
+
+
+def build_segmentation_backbone(arch: Arch, size: int, batch: int, device, precision) -> Workload:
+    """Build the forward and backward pass of ViTSeg + mmseg's Feature2Pyramid with the ADE20K recipe's settings."""
+    from mmseg.models.necks import Feature2Pyramid
+
+    from mimae.downstream import ViTSeg
+
+    torch.manual_seed(0)
+    backbone = ViTSeg(img_size=size, patch_size=arch.patch_size, embed_dim=arch.embed_dim, depth=arch.depth,
+                      num_heads=arch.num_heads, drop_path_rate=0.1, out_indices=arch.seg_out_indices)
+    backbone.init_weights()
+    # The recipe's SyncBN becomes BatchNorm outside distributed training, as mmengine's Runner does.
+    neck = Feature2Pyramid(arch.embed_dim, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="BN", requires_grad=True))
+    model = nn.Sequential(backbone, neck).to(device).train()
+    images = torch.randn(batch, 3, size, size, device=device)
+    step = backward_step(model, lambda: model(images), device, precision)
+    return Workload("seg_backbone", f"ViTSeg + Feature2Pyramid {size}x{size}", batch, step)
+
+
+def build_gemm_references(device, precision: str, size: int) -> list[Workload]:
+    """Build the matrix-product ceilings: ``torch.mm`` and a 1x1 convolution, both ``size`` cubed."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    generator = torch.Generator(device=device).manual_seed(2)
+    a = torch.randn(size, size, generator=generator, device=device).to(dtype)
+    b = torch.randn(size, size, generator=generator, device=device).to(dtype)
+    # A 1x1 convolution over `size` pixels is the same product. It runs in oneDNN on the CPU
+    # and in cuDNN on CUDA. Channels-last makes the pixels the rows of the product.
+    pixels = torch.randn(1, size, 32, size // 32, generator=generator, device=device).to(dtype)
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(size, size, 1, 1, generator=generator, device=device).to(dtype)
+    conv_backend = "cuDNN" if device.type == "cuda" else "oneDNN"
+
+    def matmul() -> None:
+        torch.mm(a, b)
+
+    def conv() -> None:
+        torch.nn.functional.conv2d(pixels, weight)
+
+    return [
+        Workload("gemm_mm", f"torch.mm {size}^3 {precision}", 0, matmul),
+        Workload("gemm_conv1x1", f"1x1 conv ({conv_backend}) {size}^3 {precision}", 0, conv),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_rounds(workloads: list[Workload], device, warmup: int, repeats: int) -> None:
+    """Time every workload once per round, interleaved, after ``warmup`` untimed rounds."""
+    for round_index in range(warmup + repeats):
+        for workload in workloads:
+            synchronize(device)
+            start = time.perf_counter()
+            workload.step()
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            if round_index >= warmup:
+                workload.times.append(elapsed)
+        stage = "warm-up" if round_index < warmup else "timed"
+        print(f"  round {round_index + 1}/{warmup + repeats} ({stage}) done", flush=True)
+
+
+def measure_peak_memory(workload: Workload, device: torch.device) -> None:
+    """Store the peak tensor memory of one step (method in the module docstring)."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        workload.step()
+        synchronize(device)
+        workload.peak_bytes = torch.cuda.max_memory_allocated(device)
+        return
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        workload.step()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # NOTE: torch 2.14 marks export_memory_timeline deprecated. Its suggested replacement
+        # records CUDA memory only, so the CPU figure has no successor API yet.
+        warnings.simplefilter("ignore", FutureWarning)
+        path = osp.join(tmp, "timeline.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)
+    workload.peak_bytes = max(sum(categories) for categories in sizes) if sizes else None
+
+
+GEMM_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm")
+OP_GROUPS = (
+    ("matrix products (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
+    ("attention kernels", ("aten::_scaled_dot_product",)),
+    ("convolution", ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
+                     "aten::cudnn_convolution")),
+    ("copies, gathers, scatters, cat", ("aten::copy_", "aten::cat", "aten::gather", "aten::scatter",
+                                        "aten::clone", "aten::index", "aten::contiguous", "aten::_to_copy")),
+    ("layer norm", ("aten::native_layer_norm",)),
+    ("GELU", ("aten::gelu",)),
+)
+
+
+def profile_breakdown(workload: Workload, flops_by_op: dict[str, int]) -> dict:
+    """Profile one step, group the operators' self time and compute the matrix products' own FLOP/s.
+
+    The profiler records the second of two steps, so its own start-up is not in the figures.
+    """
+    with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=0, warmup=1, active=1, repeat=1)) as prof:
+        for _ in range(2):
+            workload.step()
+            prof.step()
+    averages = prof.key_averages()
+    total_us = sum(event.self_cpu_time_total for event in averages)
+    if total_us <= 0:
+        raise RuntimeError(f"the profiler recorded no operators for {workload.label}")
+    groups = {name: 0.0 for name, _ in OP_GROUPS}
+    optimizer_us = 0.0
+    other_us = 0.0
+    for event in averages:
+        if event.key.startswith("Optimizer.step"):
+            optimizer_us += event.cpu_time_total
+        matched = False
+        for name, prefixes in OP_GROUPS:
+            if event.key.startswith(prefixes):
+                groups[name] += event.self_cpu_time_total
+                matched = True
+                break
+        if not matched:
+            other_us += event.self_cpu_time_total
+    gemm_flops = sum(n for op, n in flops_by_op.items() if op.startswith(GEMM_OPS))
+    gemm_us = groups["matrix products (mm, addmm, bmm)"]
+    top = sorted(averages, key=lambda event: event.self_cpu_time_total, reverse=True)[:12]
+    return dict(
+        step_seconds_profiled=total_us / 1e6,
+        share_by_group={name: us / total_us for name, us in groups.items()} | {"other operators": other_us / total_us},
+        optimizer_step_share=optimizer_us / total_us,
+        matrix_product_gflops_per_s=gemm_flops / (gemm_us / 1e6) / 1e9 if gemm_us else None,
+        matrix_product_flop_share=gemm_flops / max(sum(flops_by_op.values()), 1),
+        top_ops=[dict(op=event.key, self_seconds=event.self_cpu_time_total / 1e6, calls=event.count)
+                 for event in top],
+    )
+
+
+def summarize(workload: Workload) -> dict:
+    median = statistics.median(workload.times)
+    summary = dict(
+        label=workload.label,
+        batch=workload.images,
+        seconds_per_step=median,
+        seconds_all=workload.times,
+        images_per_s=workload.images / median if workload.images else None,
+        gflop_per_step=workload.flops / 1e9,
+        gflops_per_s=workload.flops / median / 1e9,
+        peak_mib=workload.peak_bytes / 2**20 if workload.peak_bytes is not None else None,
+    )
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Data loading
+# ---------------------------------------------------------------------------------------------
+
+def data_loading_share(mode: str, iters: int) -> dict:
+    """Return ``data_time / time`` of demo pretraining runs.
+
+    ``mode='run'`` trains each demo pretraining config for ``iters`` iterations in a
+    subprocess (tools/train.py, a temporary work dir) and reads its ``scalars.json``;
+    ``'scalars'`` reads the newest ``scalars.json`` under ``work_dirs/demo/pretrain_*``.
+    MMEngine's ``IterTimerHook`` logs ``data_time`` (waiting for the batch) as part of
+    ``time`` (the whole iteration), so the ratio is the share of the iteration spent
+    waiting for data. The first logged window (worker start-up) is left out.
+    """
+    results = {}
+    for name, config in PRETRAIN_CONFIGS.items():
+        if mode == "run":
+            with tempfile.TemporaryDirectory() as work_dir:
+                command = [sys.executable, osp.join(ROOT, "tools/train.py"), config, "--work-dir", work_dir,
+                           "--cfg-options", f"train_cfg.max_iters={iters}", "default_hooks.logger.interval=10",
+                           f"default_hooks.checkpoint.interval={iters}", "default_hooks.checkpoint.save_last=False"]
+                print(f"  demo run: {name}, {iters} iterations", flush=True)
+                completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                                           env={**os.environ, "PYTHONPATH": ROOT})
+                if completed.returncode != 0:
+                    tail = "\n".join(completed.stderr.splitlines()[-15:])
+                    results[name] = dict(error=f"demo run failed with exit code {completed.returncode}: {tail}")
+                    continue
+                results[name] = _scalars_share(_newest_scalars(work_dir)) | dict(source=f"fresh demo run, {iters} iters")
+        else:
+            pattern_dir = osp.join(ROOT, "work_dirs/demo", "pretrain_mae" if name == "MAE" else "pretrain_mimae")
+            path = _newest_scalars(pattern_dir)
+            if path is None:
+                results[name] = dict(error=f"no scalars.json under {pattern_dir}; run tools/demo.sh first")
+                continue
+            results[name] = _scalars_share(path) | dict(source=osp.relpath(path, ROOT))
+    return results
+
+
+def _newest_scalars(work_dir: str) -> str | None:
+    found = []
+    for folder, _, files in os.walk(work_dir):
+        if "scalars.json" in files:
+            path = osp.join(folder, "scalars.json")
+            found.append((osp.getmtime(path), path))
+    return max(found)[1] if found else None
+
+
+def _scalars_share(path: str) -> dict:
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    records = [r for r in records if "data_time" in r and "time" in r][1:]
+    data_time = sum(r["data_time"] for r in records)
+    iter_time = sum(r["time"] for r in records)
+    return dict(windows=len(records), data_time=data_time / max(len(records), 1),
+                time=iter_time / max(len(records), 1), share=data_time / iter_time if iter_time else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+def machine_info(device: torch.device) -> dict:
+    """Return the CPU (``/proc/cpuinfo`` model name, family and model), thread counts, versions and load."""
+    cpu_fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model") and key not in cpu_fields:
+                    cpu_fields[key] = value.strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+    except OSError:
+        pass
+    cpu_model = cpu_fields.get("model name", platform.processor() or "unknown")
+    if "cpu family" in cpu_fields:
+        cpu_model += f" (family {cpu_fields['cpu family']}, model {cpu_fields.get('model', '?')})"
+    info = dict(cpu=cpu_model, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), load_average_start=os.getloadavg())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def evaluate_targets(results: dict, views: int, data_share: dict) -> list[dict]:
+    """Compute the target ratios of one precision's results; a missing figure gives ``None``.
+
+    A timed target's ``value`` is the ratio of the medians. ``per_round`` contains the same
+    ratio computed within each timed round, whose workloads ran back to back, so its
+    spread shows how far the background load moved the figure during the run.
+    """
+    def rounds(key: str) -> list[float] | None:
+        return results[key]["seconds_all"] if key in results else None
+
+    def time_ratio(numerator: str, denominator: str, scale: float = 1.0):
+        top, bottom = rounds(numerator), rounds(denominator)
+        if top is None or bottom is None:
+            return None, None
+        median = results[numerator]["seconds_per_step"] / (scale * results[denominator]["seconds_per_step"])
+        return median, [t / (scale * b) for t, b in zip(top, bottom)]
+
+    def gemm_fraction():
+        gemms = [k for k in ("gemm_mm", "gemm_conv1x1") if k in results]
+        if "mae" not in results or not gemms:
+            return None, None
+        best = max(results[k]["gflops_per_s"] for k in gemms)
+        mae_flops = results["mae"]["gflop_per_step"]
+        per_round = []
+        for index, mae_time in enumerate(results["mae"]["seconds_all"]):
+            best_round = max(results[k]["gflop_per_step"] / results[k]["seconds_all"][index] for k in gemms)
+            per_round.append(mae_flops / mae_time / best_round)
+        return results["mae"]["gflops_per_s"] / best, per_round
+
+    peak = {k: results[k]["peak_mib"] for k in ("mimae", "control") if k in results}
+    memory_ratio = peak["mimae"] / peak["control"] if len(peak) == 2 and peak["control"] else None
+    shares = [v["share"] for v in data_share.values() if isinstance(v, dict) and v.get("share") is not None]
+    targets = [
+        ("MI-MAE step / control step", time_ratio("mimae", "control"), "<=", 1.05),
+        (f"MI-MAE step / ({views} x MAE step), same images", time_ratio("mimae", "mae", views), "<=", 1.0),
+        ("mimae MAE step / mmpretrain MAE step", time_ratio("mae", "mmpretrain_mae"), "<=", 0.9),
+        ("mimae encoder fwd+bwd / timm", time_ratio("mimae_encoder", "timm_encoder"), "<=", 1.0),
+        ("MAE step FLOP/s / best GEMM FLOP/s", gemm_fraction(), ">=", 0.6),
+        ("peak memory MI-MAE / control", (memory_ratio, None), "<=", 1.05),
+        ("demo data_time / time (worst config)", (max(shares) if shares else None, None), "<=", 0.05),
+    ]
+    evaluated = []
+    for name, (value, per_round), relation, limit in targets:
+        def holds(x: float) -> bool:
+            return x <= limit if relation == "<=" else x >= limit
+
+        evaluated.append(dict(
+            target=name, value=value, relation=relation, limit=limit,
+            passed=None if value is None else holds(value),
+            per_round=per_round,
+            rounds_passing=None if per_round is None else sum(holds(x) for x in per_round),
+        ))
+    return evaluated
+
+
+def format_table(results: dict) -> str:
+    timm = results.get("timm_encoder")
+    header = ("| workload | batch | s/step | img/s | GFLOP/step | GFLOP/s | peak MiB | s ÷ timm | GFLOP/s ÷ timm |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [header]
+    for key, r in results.items():
+        time_ratio = r["seconds_per_step"] / timm["seconds_per_step"] if timm else None
+        rate_ratio = r["gflops_per_s"] / timm["gflops_per_s"] if timm and timm["gflops_per_s"] else None
+        rows.append("| {} | {} | {:.3f} | {} | {:.1f} | {:.1f} | {} | {} | {} |".format(
+            r["label"], r["batch"] or "-", r["seconds_per_step"],
+            f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-",
+            r["gflop_per_step"], r["gflops_per_s"],
+            f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-",
+            f"{time_ratio:.3f}" if time_ratio is not None else "-",
+            f"{rate_ratio:.3f}" if rate_ratio is not None else "-"))
+    return "\n".join(rows)
+
+
+def format_targets(targets: list[dict]) -> str:
+    rows = ["| target | measured | limit | result | per round: min to max | rounds passing |",
+            "|---|---:|---:|---|---|---:|"]
+    for t in targets:
+        value = "not measured" if t["value"] is None else f"{t['value']:.3f}"
+        if t["passed"] is None:
+            result = "not measured"
+        elif t["passed"]:
+            result = "pass"
+        else:
+            result = "FAIL"
+        spread, passing = "-", "-"
+        if t["per_round"]:
+            spread = f"{min(t['per_round']):.3f} to {max(t['per_round']):.3f}"
+            passing = f"{t['rounds_passing']}/{len(t['per_round'])}"
+        rows.append(f"| {t['target']} | {value} | {t['relation']} {t['limit']} | {result} | {spread} | {passing} |")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda (default: cpu)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="precisions to measure, each in its own set of rounds; bf16 means bf16 autocast "
+                             "around the forward pass (default: fp32 bf16)")
+    parser.add_argument("--batch-size", type=int, help="images per pretraining step (default: 8 on cpu, 128 on cuda)")
+    parser.add_argument("--views", type=int, default=4, help="masked views N of the control and MI-MAE (default: 4)")
+
+    parser.add_argument("--det-size", type=int, help="detection input side in pixels "
+                        f"(default: 448 on cpu, the recipe's {DET_RECIPE['size']} on cuda)")
+    parser.add_argument("--det-batch", type=int, help=f"detection images per step (default: 1 on cpu, {DET_RECIPE['batch']} on cuda)")
+    parser.add_argument("--seg-size", type=int, help="segmentation input side in pixels "
+                        f"(default: 256 on cpu, the recipe's {SEG_RECIPE['size']} on cuda)")
+    parser.add_argument("--seg-batch", type=int, help=f"segmentation images per step (default: 2 on cpu, {SEG_RECIPE['batch']} on cuda)")
+    parser.add_argument("--gemm-size", type=int, help="side of the square GEMM references (default: 2048 on cpu, 8192 on cuda)")
+
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default: 1)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; figures are their median (default: 5)")
+    parser.add_argument("--data", choices=["run", "scalars", "skip"], default="run",
+                        help="data-loading share: run both demo pretraining configs briefly, read existing demo "
+                             "scalars.json files, or skip (default: run)")
+    parser.add_argument("--data-iters", type=int, default=150, help="iterations of each demo run for --data run")
+
+    parser.add_argument("--only", nargs="+", choices=WORKLOAD_KEYS,
+                        help="measure only these workloads (default: all); 'gemm' selects both GEMM references")
+    parser.add_argument("--report", metavar="JSON",
+                        help="print the tables and targets of a saved run with the current rules, then exit")
+    parser.add_argument("--no-mmpretrain", action="store_true", help="skip the mmpretrain comparison")
+    parser.add_argument("--no-profile", action="store_true", help="skip the operator breakdowns of the MAE steps (CPU only)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small models (4 blocks, 192-d, 64 px), batch 2, 1 timed round")
+    parser.add_argument("--out", default="work_dirs/benchmark/benchmark.json", help="JSON output path")
+    args = parser.parse_args(argv)
+
+    on_cuda = args.device.startswith("cuda")
+    if args.quick:
+        defaults = dict(batch_size=2, det_size=64, det_batch=1, seg_size=64, seg_batch=1, gemm_size=256)
+        args.warmup, args.repeats = 1, 1
+        if args.data == "run":
+            args.data = "scalars"
+    elif on_cuda:
+        defaults = dict(batch_size=128, det_size=DET_RECIPE["size"], det_batch=DET_RECIPE["batch"],
+                        seg_size=SEG_RECIPE["size"], seg_batch=SEG_RECIPE["batch"], gemm_size=8192)
+    else:
+        defaults = dict(batch_size=8, det_size=448, det_batch=1, seg_size=256, seg_batch=2, gemm_size=2048)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_fused_adamw", "mmpretrain_mae", "timm_encoder", "mimae_encoder",
+                 "det_backbone", "seg_backbone", "gemm")
+
+
+def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
+    """Build the workloads named by ``args.only`` (all by default) in the order of ``WORKLOAD_KEYS``."""
+    batch, views = args.batch_size, args.views
+    builders = {
+        "mae": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision)],
+        "control": lambda: [build_mimae_pretrain("control", arch, batch, views, device, precision)],
+        "mimae": lambda: [build_mimae_pretrain("mimae", arch, batch, views, device, precision)],
+        "mae_fused_adamw": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                         fused_adamw=True)],
+        "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],
+        "timm_encoder": lambda: [build_encoder("timm", arch, batch, device, precision)],
+        "mimae_encoder": lambda: [build_encoder("mimae", arch, batch, device, precision)],
+        "det_backbone": lambda: [build_detection_backbone(arch, args.det_size, args.det_batch, device, precision)],
+        "seg_backbone": lambda: [build_segmentation_backbone(arch, args.seg_size, args.seg_batch, device, precision)],
+        "gemm": lambda: build_gemm_references(device, precision, args.gemm_size),
+    }
+    selected = args.only or WORKLOAD_KEYS
+    workloads = []
+    for key in WORKLOAD_KEYS:
+        if key in selected:
+            workloads += builders[key]()
+    return workloads
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            report = json.load(f)
+        for entry in report["precisions"].values():
+            entry["targets"] = evaluate_targets(entry["results"], report["settings"]["views"],
+                                                report.get("data_loading", {}))
+        print(f"command: {report['command']}")
+        print_report(report)
+        return report
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
+    register_cpu_attention_flops()
+    arch = QUICK_ARCH if args.quick else Arch()
+    mmpretrain_version = None if args.no_mmpretrain else mmpretrain_available()
+    report = dict(command=" ".join([osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), machine=machine_info(device),
+                  settings=vars(args), mmpretrain=mmpretrain_version, precisions={})
+
+    out = osp.join(ROOT, args.out) if not osp.isabs(args.out) else args.out
+    os.makedirs(osp.dirname(out), exist_ok=True)
+    for precision in args.precision:
+        report["precisions"][precision] = measure_precision(args, arch, device, precision, mmpretrain_version)
+        write_json(report, out)  # keeps the finished precisions if a later stage fails
+
+    data_share = {} if args.data == "skip" else data_loading_share(args.data, args.data_iters)
+    report["data_loading"] = data_share
+    for precision, entry in report["precisions"].items():
+        entry["targets"] = evaluate_targets(entry["results"], args.views, data_share)
+    report["machine"]["load_average_end"] = os.getloadavg()
+
+    print_report(report)
+    write_json(report, out)
+    print(f"\nwrote {osp.relpath(out, ROOT)}")
+    return report
+
+
+def measure_precision(args, arch: Arch, device: torch.device, precision: str, mmpretrain_version: str | None) -> dict:
+    """Build, count, time, and measure the memory of every workload in one precision."""
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"== {precision} [{time.perf_counter() - started:.0f} s]: {message}", flush=True)
+
+    log("building workloads and counting FLOPs")
+    workloads = build_workloads(args, arch, device, precision, mmpretrain_version is not None)
+    for workload in workloads:
+        count_flops(workload)
+    log(f"{args.warmup} warm-up + {args.repeats} timed rounds of {len(workloads)} workloads")
+    run_rounds(workloads, device, args.warmup, args.repeats)
+    log("measuring peak memory")
+    for workload in workloads:
+        if workload.images:
+            measure_peak_memory(workload, device)
+    entry = dict(results={w.key: summarize(w) for w in workloads})
+    if not args.no_profile and device.type == "cpu":
+        entry["profiles"] = {}
+        for workload in workloads:
+            if workload.key in ("mae", "mae_fused_adamw"):
+                log(f"profiling {workload.label}")
+                entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)
+    log("done")
+    return entry
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+def print_report(report: dict) -> None:
+    machine = report["machine"]
+    print(f"\nmachine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch "
+          f"threads, torch {machine['torch']}" + (f", {machine['gpu']}" if "gpu" in machine else ""))
+    print(f"load average at start {machine['load_average_start']}, at end {machine.get('load_average_end', 'not recorded')}")
+    for precision, entry in report["precisions"].items():
+        print(f"\n### {precision}\n")
+        print(format_table(entry["results"]))
+        print()
+        print(format_targets(entry["targets"]))
+        profiles = entry.get("profiles", {"mae": entry["mae_profile"]} if "mae_profile" in entry else {})
+        for key, breakdown in profiles.items():
+            label = entry["results"][key]["label"]
+            print(f"\n{label} step by operator group (profiled step {breakdown['step_seconds_profiled']:.2f} s):")
+            for name, share in breakdown["share_by_group"].items():
+                print(f"  {name:36s} {100 * share:5.1f} %")
+            print(f"  {'(inside Optimizer.step)':36s} {100 * breakdown['optimizer_step_share']:5.1f} %")
+            if breakdown["matrix_product_gflops_per_s"]:
+                print(f"  matrix products run at {breakdown['matrix_product_gflops_per_s']:.1f} GFLOP/s inside the "
+                      f"step and carry {100 * breakdown['matrix_product_flop_share']:.1f} % of its FLOPs")
+    if report["data_loading"]:
+        print("\ndemo data loading (data_time / time):")
+        for name, share in report["data_loading"].items():
+            if "error" in share:
+                print(f"  {name}: {share['error']}")
+            else:
+                print(f"  {name}: {share['data_time'] * 1e3:.1f} ms of {share['time'] * 1e3:.1f} ms per iteration "
+                      f"= {100 * share['share']:.1f} % ({share['source']})")
+
+
+if __name__ == "__main__":
+    main()
