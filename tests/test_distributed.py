@@ -266,8 +266,6 @@ def test_ddp_zero_weight_matches_single_process(ddp_and_single):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="CLUB averages its marginal term over the local batch only, so with "
-                                       "lambda_min > 0 a DDP step differs from one process on the whole batch")
 def test_ddp_club_term_matches_single_process(ddp_and_single):
     ranks, single = ddp_and_single
     loss_gap, grad_gap = compare(ranks, single, "0.01")

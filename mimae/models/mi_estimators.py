@@ -49,6 +49,19 @@ def gather_across_ranks(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _GatherWithGradient.apply(tensor), dist.get_rank() * tensor.shape[0]
 
 
+def global_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``E[z]`` and ``E[z^2]`` ``(1, D)`` over the rows of every rank, with gradients."""
+    sums = torch.cat([z.sum(dim=0, keepdim=True), (z**2).sum(dim=0, keepdim=True)], dim=0)  # (2, D)
+    count = z.new_tensor(float(z.shape[0]))
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        sums = all_reduce(sums)
+        count = all_reduce(count)
+    moments = sums / count
+    return moments[:1], moments[1:]
+
+
 class ProjectionHead(nn.Module):
     """Two-layer MLP that maps a pooled latent to the space the InfoNCE critic compares."""
 
@@ -224,7 +237,8 @@ class CLUB(nn.Module):
         mu, inv_var = mu.detach(), (-logvar.detach()).exp()
         positive = -0.5 * (z - mu) ** 2 * inv_var
         # E_j[(z_j - mu_i)^2] = E[z^2] - 2 mu_i E[z] + mu_i^2, computed per dimension in O(M).
-        z_mean, z_sq_mean = z.mean(dim=0, keepdim=True), (z**2).mean(dim=0, keepdim=True)
+        # Under DDP the moments cover the global batch, so j runs over the images of every rank.
+        z_mean, z_sq_mean = global_moments(z)
         negative = -0.5 * (z_sq_mean - 2 * mu * z_mean + mu**2) * inv_var
         estimate = (positive - negative).mean()
         return dict(estimate=estimate, q_nll=q_nll)
