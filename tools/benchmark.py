@@ -648,10 +648,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser.add_argument("--det-size", type=int, help="detection input side in pixels "
                         f"(default: 448 on cpu, the recipe's {DET_RECIPE['size']} on cuda)")
-    parser.add_argument("--det-batch", type=int, help=f"detection images per step (default: 1 on cpu, {DET_RECIPE['batch']} on cuda)")
+    parser.add_argument("--det-batch", type=int,
+                        help=f"detection images per step (default: 1 on cpu, {DET_RECIPE['batch']} on cuda)")
     parser.add_argument("--seg-size", type=int, help="segmentation input side in pixels "
                         f"(default: 256 on cpu, the recipe's {SEG_RECIPE['size']} on cuda)")
-    parser.add_argument("--seg-batch", type=int, help=f"segmentation images per step (default: 2 on cpu, {SEG_RECIPE['batch']} on cuda)")
+    parser.add_argument("--seg-batch", type=int,
+                        help=f"segmentation images per step (default: 2 on cpu, {SEG_RECIPE['batch']} on cuda)")
     parser.add_argument("--gemm-size", type=int, help="side of the square GEMM references (default: 2048 on cpu, 8192 on cuda)")
 
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default: 1)")
