@@ -32,3 +32,15 @@ VISUALIZERS = Registry("visualizer", parent=root.VISUALIZERS)
 VISBACKENDS = Registry("vis_backend", parent=root.VISBACKENDS)
 LOG_PROCESSORS = Registry("log_processor", parent=root.LOG_PROCESSORS)
 FUNCTIONS = Registry("function", parent=root.FUNCTIONS)
+
+
+def build_model(cfg: dict):
+    """Build ``cfg`` from the mimae model registry whatever the caller's default scope is.
+
+    MMEngine resolves a registry through the current default scope, so a mimae model built
+    while an mmdet or mmseg runner is active would otherwise be looked up in their registries.
+    """
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mimae"):
+        return MODELS.build(cfg)

@@ -5,7 +5,7 @@ import torch
 from mmengine.config import Config
 
 import mimae.models  # noqa: F401
-from mimae.registry import MODELS
+from mimae.registry import build_model
 
 ABLATIONS = sorted(Path("configs/pretrain/ablations").glob("*.py"))
 TINY = {
@@ -30,7 +30,7 @@ def test_ablation_builds_and_steps(path):
         cfg.model.mi_max.update(hidden_dim=16, proj_dim=8)
     if cfg.model.get("mi_min"):
         cfg.model.mi_min.update(hidden_dim=16)
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg.model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = model.data_preprocessor(dict(inputs=[torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8)
                                                 for _ in range(4)]), training=True)

@@ -28,7 +28,8 @@ def test_bad_images_named_before_training(tmp_path):
         ImageFolder(data_root=str(tmp_path), data_prefix=dict(img_path="images"), verify="full")
     message = str(err.value)
     assert "2 of 5 images cannot be used" in message
-    assert "truncated.jpg" in message and "empty.jpg: empty file (0 bytes)" in message
+    assert "truncated.jpg" in message
+    assert "empty.jpg: empty file (0 bytes)" in message
     assert "on_bad_image='skip'" in message
 
 
@@ -58,7 +59,8 @@ def test_grayscale_and_cmyk_decode_to_rgb(tmp_path):
     loader = LoadImagePIL()
     for name in ("gray.png", "cmyk.jpg"):
         img = loader(dict(img_path=str(tmp_path / name)))["img"]
-        assert img.mode == "RGB" and img.size == (20, 10)
+        assert img.mode == "RGB"
+        assert img.size == (20, 10)
 
 
 def test_decode_failure_returns_none_for_refetch(tmp_path):

@@ -43,7 +43,8 @@ def test_pretrain_smoke_run_and_export(config, tmp_path):
     assert set(reread) == {"model"}
     vit = VisionTransformer(img_size=64, patch_size=16, embed_dim=192, depth=4, num_heads=3)
     vit.load_state_dict(reread["model"], strict=True)
-    assert "blocks.0.attn.qkv.weight" in state and "pos_embed" in state
+    assert "blocks.0.attn.qkv.weight" in state
+    assert "pos_embed" in state
     assert not any(k.startswith(("decoder", "mask_token", "mi_")) for k in state)
 
 
@@ -69,7 +70,8 @@ def test_resume_prefers_latest_checkpoint_over_load_from(tmp_path, capsys):
     shutil.copy(work_dir / "iter_1.pth", pretrained)
     run_train(MAE_DEMO, work_dir, 2, f"load_from={pretrained}", resume=True)
     log = "".join(p.read_text() for p in work_dir.glob("*/*.log"))
-    assert "resuming from" in log and "iter_1.pth, the latest checkpoint in work_dir" in log
+    assert "resuming from" in log
+    assert "iter_1.pth, the latest checkpoint in work_dir" in log
     assert load_run_checkpoint(str(work_dir / "iter_2.pth"))["meta"]["iter"] == 2
 
 

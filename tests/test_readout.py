@@ -58,6 +58,7 @@ def test_readout_tool_on_image_folder(tmp_path):
     readout_tool.main([str(tmp_path / "encoder.pth"), str(tmp_path / "data"), "--img-size", "32",
                        "--k", "3", "--probe-epochs", "20", "--out", str(out)])
     result = json.loads(out.read_text())
-    assert result["num_train"] == 24 and result["num_val"] == 12
+    assert result["num_train"] == 24
+    assert result["num_val"] == 12
     assert result["knn_top1"] >= 90.0
     assert result["linear_probe_top1"] >= 90.0

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from mimae.engine import config_from_checkpoint, load_run_checkpoint
-from mimae.registry import MODELS
+from mimae.registry import build_model
 from mimae.visualization import save_reconstruction_grid
 from pretrain.datasets import list_images
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config_from_checkpoint(checkpoint)
     if cfg is None:
         raise SystemExit(f"{args.checkpoint} stores no config; pass a checkpoint written by tools/train.py")
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg.model)
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     size = tuple(side * model.encoder.patch_size for side in model.encoder.grid_size)
     pixels = load_images(args.images, size, args.num_images)

@@ -11,7 +11,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from ..checkpoint import PRETRAIN_ONLY_KEYS, load_encoder_file
-from ..models.layers import Block, PatchEmbed, run_blocks, vit_layer_depth
+from ..models.layers import Block, PatchEmbed, init_blocks_trunc_normal, run_blocks, vit_layer_depth
 from ..models.pos_embed import resize_abs_pos_embed
 
 # The pretrained final ``norm`` is not used: outputs are taken from intermediate blocks,
@@ -105,14 +105,7 @@ class ViTSeg(BaseModule):
     def _init_random(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_blocks_trunc_normal(self.blocks)
 
     def load_pretrained(self, path: str) -> tuple[list[str], list[str]]:
         """Load encoder weights from ``path`` strictly and log a table of the keys.

@@ -21,7 +21,7 @@ from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from mimae.checkpoint import PRETRAIN_ONLY_KEYS, load_encoder_file
-from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, run_blocks, vit_layer_depth
+from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, init_blocks_trunc_normal, run_blocks, vit_layer_depth
 from mimae.models.pos_embed import resize_abs_pos_embed
 
 from .window import window_padding_mask, window_partition, window_unpartition
@@ -202,14 +202,7 @@ class ViTDet(BaseModule):
     def init_weights(self) -> None:
         """Initialize randomly, then load ``init_cfg`` when it names a pretrained file."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_blocks_trunc_normal(self.blocks)
         init_cfg = self.init_cfg
         if init_cfg is not None:
             if not (isinstance(init_cfg, dict) and init_cfg.get("type") == "Pretrained"):

@@ -201,3 +201,15 @@ def vit_layer_depth(param_name: str, depth: int, prefix: str = "") -> tuple[int,
     if name.startswith(("norm.", "fc_norm.")):
         return num_layers - 1, num_layers
     return 0, num_layers
+
+
+def init_blocks_trunc_normal(blocks: nn.Module) -> None:
+    """Initialize linears with truncated normal (std 0.02) and zero bias, norms to identity."""
+    for module in blocks.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 
-from ..registry import MODELS
+from ..registry import MODELS, build_model
 from .layers import Block, LayerNorm, run_blocks
 from .masking import make_masks
 from .pos_embed import sincos_2d
@@ -114,12 +114,12 @@ class MAE(BaseModel):
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
-        self.encoder: VisionTransformer = MODELS.build({"type": "MAEViT", **encoder})
+        self.encoder: VisionTransformer = build_model({"type": "MAEViT", **encoder})
         decoder = {"type": "MAEDecoder", **decoder}
         decoder.setdefault("encoder_dim", self.encoder.embed_dim)
         decoder.setdefault("patch_size", self.encoder.patch_size)
         decoder.setdefault("grid_size", self.encoder.grid_size)
-        self.decoder: MAEDecoder = MODELS.build(decoder)
+        self.decoder: MAEDecoder = build_model(decoder)
         self.mask_ratio = mask_ratio
         self.num_views = num_views
         self.mask_strategy = mask_strategy

@@ -160,7 +160,7 @@ class _EMAGradient(torch.autograd.Function):
 class MINE(nn.Module):
     """Donsker-Varadhan bound ``E_joint[T] - log E_marginal[exp T]`` between pairs of views.
 
-    The critic ``T`` is an MLP on the concatenated projected latents of two views; the
+    The critic ``T`` is an MLP on the concatenated projected latents of two views. The
     marginal pairs take view ``j`` from another image of the batch (a fixed rotation by
     one). The loss is the negative bound, so minimizing it maximizes the estimate.
 

@@ -3,15 +3,15 @@
 Loss: ``L = L_rec + lambda1 * L_max + lambda2 * L_min + lambda3 * L_q`` where
 ``L_max`` is the InfoNCE loss between the views of each image (maximizes their MI),
 ``L_min`` the CLUB estimate of I(X; Z) (minimized) and ``L_q`` the likelihood loss that
-fits CLUB's approximation network. Which latent each term sees is configurable; the
-defaults are inferred, because the paper does not publish them.
+fits CLUB's approximation network. Which latent each term receives is configurable. The
+defaults are inferred, because Huang et al. (ICLR 2025) do not publish them.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ..registry import MODELS
+from ..registry import MODELS, build_model
 from .mae import MAE
 
 POOLINGS = ("cls", "mean")
@@ -30,7 +30,7 @@ class MIMAE(MAE):
         mi_min: config of the CLUB estimator (``x_dim``/``z_dim`` filled in), or None.
         lambda_max, lambda_min, lambda_q: weights lambda1..lambda3.
         club_standardize: give CLUB the pooled latent after a parameter-free layer
-            norm, so q sees unit-scale targets whatever the encoder's output scale.
+            norm, so q receives unit-scale targets whatever the encoder's output scale.
         **kwargs: the arguments of :class:`MAE`.
     """
 
@@ -56,8 +56,8 @@ class MIMAE(MAE):
         self.pooling = pooling
         self.lambda_max, self.lambda_min, self.lambda_q = lambda_max, lambda_min, lambda_q
         self.club_standardize = club_standardize
-        self.mi_max = MODELS.build({**mi_max, "in_dim": dim}) if mi_max is not None else None
-        self.mi_min = MODELS.build({**mi_min, "x_dim": dim, "z_dim": dim}) if mi_min is not None else None
+        self.mi_max = build_model({**mi_max, "in_dim": dim}) if mi_max is not None else None
+        self.mi_min = build_model({**mi_min, "x_dim": dim, "z_dim": dim}) if mi_min is not None else None
 
     def pool(self, latent: torch.Tensor) -> torch.Tensor:
         """Summarize ``(M, 1 + K, C)`` into ``(M, C)``."""
