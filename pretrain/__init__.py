@@ -1,5 +1,6 @@
-"""MMEngine pretraining runner pieces: datasets, transforms and hooks."""
-from . import datasets, hooks, reconstruction_hook, transforms  # noqa: F401  (register modules)
+"""MMEngine pretraining runner pieces: datasets, samplers, transforms and hooks."""
+from . import datasets, hooks, reconstruction_hook, samplers, transforms  # noqa: F401  (register modules)
 from .datasets import ImageFolder
+from .samplers import SeededSampler
 
-__all__ = ["ImageFolder"]
+__all__ = ["ImageFolder", "SeededSampler"]

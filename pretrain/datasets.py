@@ -15,6 +15,8 @@ from mmengine.logging import print_log
 from mimae.data_checks import IMAGE_EXTENSIONS, VERIFY_MODES, find_bad_images
 from mimae.registry import DATASETS
 
+from .samplers import seeded_random_state
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "find_bad_images", "list_images", "read_file_list"]
 
 
@@ -86,6 +88,14 @@ class ImageFolder(BaseDataset):
             pipeline=pipeline or [],
             **kwargs,
         )
+
+    def __getitem__(self, idx: int) -> dict:
+        # An index from SeededSampler fixes the random transforms of this sample.
+        seed = getattr(idx, "seed", None)
+        if seed is None:
+            return super().__getitem__(idx)
+        with seeded_random_state(seed):
+            return super().__getitem__(int(idx))
 
     def load_data_list(self) -> list[dict]:
         folder = self.data_prefix.get("img_path", self.data_root)

@@ -327,6 +327,86 @@ def test_pretrain_sigkill_resume_exact(num_workers, tmp_path):
     assert sorted(p.name for p in work_dir.glob("*.pth*")) == ["iter_5.pth"]
 
 
+# The published pretraining recipes are epoch-based: 3 epochs of 3 iterations (30 demo
+# images, batch 8, last partial batch dropped), a checkpoint after each epoch, and a
+# data-loader worker that persists across epochs as in the recipes.
+EPOCH_CONFIG = """
+train_dataloader = dict(batch_size=8, drop_last=True, num_workers=1, persistent_workers=True,
+                        sampler=dict(_delete_=True, type={sampler!r}, shuffle=True))
+train_cfg = dict(_delete_=True, type="EpochBasedTrainLoop", max_epochs=3)
+default_hooks = dict(checkpoint=dict(by_epoch=True, interval=1, max_keep_ckpts=1, save_last=True{backend}))
+log_processor = dict(by_epoch=True)
+"""
+EPOCH_OPTIONS = ["randomness.deterministic=True"]
+
+
+def epoch_config(path: Path, sampler: str, hooks: list, backend: str = "") -> Path:
+    return write_config(path, MIMAE_DEMO, PRETRAIN_HOOKS + hooks, PRETRAIN_IMPORTS,
+                        extra=EPOCH_CONFIG.format(sampler=sampler, backend=backend))
+
+
+@pytest.mark.timeout(900)
+def test_pretrain_epoch_based_sigkill_resume_exact(tmp_path):
+    """Kill in the middle of epoch 2 and while epoch_2.pth is half written, then finish."""
+    plain = epoch_config(tmp_path / "plain.py", "SeededSampler", [])
+    reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")
+
+    work_dir = tmp_path / "run"
+    marker = tmp_path / "paused_iter_5"
+    pause = epoch_config(tmp_path / "pause.py", "SeededSampler",
+                         [dict(type="PauseHook", iteration=5, marker=str(marker))])
+    first = start_train(pause, work_dir, EPOCH_OPTIONS, tmp_path / "first.log")
+    wait_for(marker, first, tmp_path / "first.log")
+    kill_tree(first)
+    assert_latest_is(work_dir, "epoch_1.pth")
+    assert [r["iter"] for r in read_trace(work_dir)] == [1, 2, 3]
+
+    saving_marker = tmp_path / "writing_epoch_2"
+    backend = (f", backend_args=dict(backend='slow_local_for_tests', pause_on='epoch_2.pth.partial', "
+               f"marker={str(saving_marker)!r})")
+    slow_save = epoch_config(tmp_path / "slow_save.py", "SeededSampler", [], backend)
+    second = start_train(slow_save, work_dir, EPOCH_OPTIONS, tmp_path / "second.log", resume=True)
+    wait_for(saving_marker, second, tmp_path / "second.log")
+    kill_tree(second)
+    assert not (work_dir / "epoch_2.pth").exists()
+    assert_latest_is(work_dir, "epoch_1.pth")
+    second_trace = read_trace(work_dir)
+
+    log = finish(start_train(plain, work_dir, EPOCH_OPTIONS, tmp_path / "third.log", resume=True),
+                 tmp_path / "third.log")
+    assert "removed epoch_2.pth.partial" in log
+    assert f"resuming from {work_dir / 'epoch_1.pth'}" in log
+    finish(reference, tmp_path / "reference.log")
+
+    expected = read_trace(tmp_path / "reference")
+    assert [r["iter"] for r in expected] == list(range(1, 10))
+    assert_same_trace(read_trace(work_dir), expected)
+    assert_same_trace(second_trace, expected[:6])
+    assert_latest_is(work_dir, "epoch_3.pth")
+
+
+@pytest.mark.timeout(900)
+def test_default_sampler_epoch_resume_differs(tmp_path):
+    """Why the recipes use SeededSampler: with MMEngine's DefaultSampler and a persistent
+    worker, a resumed epoch starts a fresh worker whose crops differ from the uninterrupted run."""
+    plain = epoch_config(tmp_path / "plain.py", "DefaultSampler", [])
+    reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")
+    work_dir = tmp_path / "run"
+    marker = tmp_path / "paused_iter_4"
+    pause = epoch_config(tmp_path / "pause.py", "DefaultSampler",
+                         [dict(type="PauseHook", iteration=4, marker=str(marker))])
+    first = start_train(pause, work_dir, EPOCH_OPTIONS, tmp_path / "first.log")
+    wait_for(marker, first, tmp_path / "first.log")
+    kill_tree(first)
+    finish(start_train(plain, work_dir, EPOCH_OPTIONS, tmp_path / "second.log", resume=True),
+           tmp_path / "second.log")
+    finish(reference, tmp_path / "reference.log")
+
+    expected, got = read_trace(tmp_path / "reference"), read_trace(work_dir)
+    assert_same_trace(got[:3], expected[:3])
+    assert [r["loss_rec"] for r in got[3:]] != [r["loss_rec"] for r in expected[3:]]
+
+
 # ---------------------------------------------------------------------------------------
 # exact resume under SIGKILL: detection and segmentation
 

@@ -75,3 +75,67 @@ def test_coco_json_selects_training_split():
                           ann_file="annotations/instances_train.json", verify="none")
     assert len(dataset) == 30
     assert torch.tensor([item["img_path"].endswith(".jpg") for item in dataset.data_list]).all()
+
+
+def _seeded_loader(sampler_type: str, num_workers: int, persistent: bool, epoch: int = 0, init_fn=None):
+    from mmengine.dataset import DefaultSampler, default_collate
+
+    from pretrain.samplers import SeededSampler
+
+    from pretrain.transforms import PackImage, RandomFlipPIL, RandomResizedCropPIL
+
+    pipeline = [LoadImagePIL(draft_size=96), RandomResizedCropPIL(size=32, scale=(0.2, 1.0)),
+                RandomFlipPIL(prob=0.5), PackImage()]
+    dataset = ImageFolder(data_root=DEMO_IMAGES, pipeline=pipeline, verify="none")
+    sampler = (SeededSampler if sampler_type == "seeded" else DefaultSampler)(dataset, shuffle=True, seed=3)
+    sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=num_workers,
+                                         persistent_workers=persistent, collate_fn=default_collate,
+                                         worker_init_fn=init_fn, generator=torch.Generator().manual_seed(0))
+    return loader, sampler
+
+
+def _epoch_pixels(loader) -> torch.Tensor:
+    return torch.cat([batch["inputs"].float() for batch in loader])
+
+
+def test_seeded_sampler_augmentation_independent_of_workers_and_restarts():
+    """Each sample's crop and flip follow from (seed, epoch, index): a persistent worker in
+    its second epoch and a fresh worker started at that epoch (as after --resume) agree."""
+    from mmengine.dataset import DefaultSampler
+
+    from pretrain.samplers import SeededSampler
+
+    persistent, sampler = _seeded_loader("seeded", num_workers=1, persistent=True)
+    first = _epoch_pixels(persistent)
+    sampler.set_epoch(1)
+    second = _epoch_pixels(persistent)
+    fresh, _ = _seeded_loader("seeded", num_workers=0, persistent=False, epoch=1)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    assert torch.equal(_epoch_pixels(fresh), second)
+    # With no workers the pipeline runs in this process and leaves its random state alone.
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.equal(first, second)
+    # The sample order is DefaultSampler's.
+    dataset = persistent.dataset
+    assert [int(i) for i in SeededSampler(dataset, seed=3)] == list(DefaultSampler(dataset, seed=3))
+
+
+def test_default_sampler_augmentation_depends_on_worker_restarts():
+    """The failure SeededSampler removes: MMEngine-style fixed worker seeding makes a fresh
+    worker repeat its first epoch's random stream, unlike a persistent one."""
+    from functools import partial
+
+    from mmengine.dataset import worker_init_fn
+
+    def loader(epoch):
+        init_fn = partial(worker_init_fn, num_workers=1, rank=0, seed=3)
+        return _seeded_loader("default", num_workers=1, persistent=True, epoch=epoch, init_fn=init_fn)
+
+    persistent, sampler = loader(0)
+    _epoch_pixels(persistent)
+    sampler.set_epoch(1)
+    continued = _epoch_pixels(persistent)
+    restarted, _ = loader(1)
+    assert not torch.equal(_epoch_pixels(restarted), continued)
