@@ -184,3 +184,34 @@ def test_pretraining_losses_float32(kind: str) -> None:
         assert all(dtype == torch.float32 for dtype in inputs), f"{name} ran on {inputs}"
     for name, _, outputs in recorder.ops(FLASH_OPS):
         assert outputs[1] == torch.float32, f"{name} keeps its log-sum-exp in {outputs[1]}"
+
+
+def test_bf16_optim_wrapper_trains_under_cpu_autocast() -> None:
+    """``tools/train.py --amp`` on a CPU selects BF16OptimWrapper: a step through MMEngine's
+    ``train_step`` runs the linear layers in bf16 and keeps parameters and gradients float32."""
+    from mmengine.config import Config
+
+    from mimae.engine import BF16OptimWrapper
+    from mimae.registry import build_model
+    from train import merge_args, parse_args
+
+    cfg = Config.fromfile("configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k.py")
+    cfg = merge_args(cfg, parse_args([cfg.filename, "--amp"]))
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU --amp selects MMEngine's AmpOptimWrapper")
+    assert cfg.optim_wrapper.type == "BF16OptimWrapper"
+    assert "dtype" not in cfg.optim_wrapper and "loss_scale" not in cfg.optim_wrapper
+
+    torch.manual_seed(0)
+    model = build_model(dict(type="MAE", **tiny_model_args(), data_preprocessor=dict(type="ImgDataPreprocessor")))
+    wrapper = BF16OptimWrapper(optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True))
+    linear_outputs = []
+    model.encoder.blocks[0].mlp.fc1.register_forward_hook(lambda m, a, out: linear_outputs.append(out.dtype))
+    before = model.encoder.patch_embed.proj.weight.detach().clone()
+    data = dict(inputs=[torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)])
+    log_vars = model.train_step(data, wrapper)
+
+    assert linear_outputs == [torch.bfloat16]
+    assert torch.isfinite(log_vars["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not torch.equal(model.encoder.patch_embed.proj.weight, before)

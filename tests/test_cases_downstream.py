@@ -469,7 +469,7 @@ def test_vit_l_detection_recipe_builds() -> None:
     assert (backbone.window_size, backbone.patch_size, backbone.pretrain_img_size) == (14, 16, 224)
     assert cfg.model.neck.in_channels == 1024
     assert cfg.optim_wrapper.paramwise_cfg == dict(layer_decay_rate=0.8)
-    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
+    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1, fused=True)
     assert cfg.train_cfg.max_iters == 184375
     assert cfg.param_scheduler[1].milestones == [163889, 177546]
 
@@ -498,7 +498,7 @@ def test_vit_l_segmentation_recipe_builds() -> None:
     assert cfg.model.decode_head.in_channels == [1024] * 4
     assert cfg.model.decode_head.channels == 1024
     assert cfg.model.auxiliary_head.in_channels == 1024
-    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-5, betas=(0.9, 0.999), weight_decay=0.05)
+    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=2e-5, betas=(0.9, 0.999), weight_decay=0.05, fused=True)
     assert cfg.optim_wrapper.paramwise_cfg == dict(layer_decay_rate=0.95)
     assert cfg.param_scheduler[0].end == 1500
     assert cfg.train_cfg.max_iters == 160000

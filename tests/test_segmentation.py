@@ -320,7 +320,7 @@ def test_recipe_config_values():
     assert cfg.model.test_cfg == dict(mode="slide", crop_size=(512, 512), stride=(341, 341))
     assert cfg.train_dataloader.batch_size == 2
     assert cfg.train_dataloader.dataset.reduce_zero_label is True
-    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True)
     assert cfg.train_cfg.max_iters == 160000
     warmup, poly = cfg.param_scheduler
     assert (warmup.type, warmup.end) == ("LinearLR", 1500)

@@ -463,7 +463,7 @@ def test_recipe_config_builds() -> None:
     assert cfg.model.data_preprocessor.pad_size_divisor == 1024
     assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 64
     assert cfg.optim_wrapper.type == "AmpOptimWrapper"
-    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1)
+    assert cfg.optim_wrapper.optimizer == dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1, fused=True)
     assert cfg.optim_wrapper.constructor == "LayerDecayOptimWrapperConstructor"
     assert cfg.optim_wrapper.paramwise_cfg == dict(layer_decay_rate=0.7)
     assert cfg.train_cfg.max_iters == 184375

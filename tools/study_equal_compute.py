@@ -115,6 +115,18 @@ def pretrain(config: str, work_dir: str, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def cpu_name() -> str:
+    """Model name of the first CPU in /proc/cpuinfo, or the platform's machine type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
 
@@ -172,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     write_report(results, args, time.perf_counter() - started)
 
 
+def curve_point(curve: dict, step: int) -> dict:
+    """Read-out at ``step``; keys are strings once results went through JSON."""
+    return curve[str(step)] if str(step) in curve else curve[step]
+
+
 def write_report(results: dict, args, seconds: float) -> None:
     import matplotlib
 
@@ -195,11 +212,18 @@ def write_report(results: dict, args, seconds: float) -> None:
             d_knn = d_probe = "—"
         rows.append(f"| {name} | {mean_std(knn)} | {mean_std(knn_mean)} | {mean_std(probe)} | {d_knn} | {d_probe} |")
 
+    steps = [100, 200, 300, 400, 500]
+    curves = {name: np.array([[curve_point(results[f"{name}/{s}"]["curve"], t)["knn_cls"] for t in steps]
+                              for s in seeds]) for name in args.methods}
+    rows += ["", "k-NN (cls) after each 100 steps, mean ± std over seeds:", "",
+             "| method | " + " | ".join(f"{t * VIEWS_PER_STEP // 1000}k views" for t in steps) + " |",
+             "|---|" + "---:|" * len(steps)]
+    for name in args.methods:
+        rows.append(f"| {name} | " + " | ".join(mean_std(list(col)) for col in curves[name].T) + " |")
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in args.methods:
-        steps = [100, 200, 300, 400, 500]
-        accs = np.array([[results[f"{name}/{s}"]["curve"][str(t)]["knn_cls"] if str(t) in results[f"{name}/{s}"]["curve"]
-                          else results[f"{name}/{s}"]["curve"][t]["knn_cls"] for t in steps] for s in seeds])
+        accs = curves[name]
         views = [t * VIEWS_PER_STEP / 1000 for t in steps]
         ax.errorbar(views, accs.mean(0), yerr=accs.std(0, ddof=1) if len(accs) > 1 else None, label=name, capsize=2)
     floor = np.mean([results[f"random init/{s}"]["final"]["knn_cls"] for s in seeds])
@@ -225,10 +249,12 @@ def write_report(results: dict, args, seconds: float) -> None:
     fig.savefig(osp.join(args.docs, "study_losses.png"), dpi=100)
 
     command = "python tools/study_equal_compute.py " + " ".join(sys.argv[1:])
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    pretrain_minutes = sum(results[f"{name}/{s}"]["seconds"] for name in args.methods for s in seeds) / 60
     with open(osp.join(args.docs, "study_table.md"), "w") as f:
         f.write("\n".join(rows) + "\n\n")
-        f.write(f"Command: `{command.strip()}`; machine: {machine}; wall time {seconds / 60:.0f} min.\n")
+        f.write(f"Command: `{command.strip()}`; machine: {machine}; pretraining {pretrain_minutes:.0f} min "
+                f"over {len(args.methods) * len(seeds)} runs; this invocation {seconds / 60:.0f} min.\n")
     print("\n".join(rows))
 
 

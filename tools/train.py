@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", nargs="?", const="auto", default=None,
         help="resume from the latest checkpoint in the work dir, or from the given checkpoint path",
     )
-    parser.add_argument("--amp", action="store_true", help="train with automatic mixed precision (needs a GPU)")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: AmpOptimWrapper on a GPU, bf16 autocast (BF16OptimWrapper) on the CPU")
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, default={},
         help="override config keys, e.g. train_cfg.max_iters=10 model.backbone.init_cfg.checkpoint=x.pth",
@@ -58,10 +59,15 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.amp:
         import torch
 
-        if not torch.cuda.is_available():
-            raise SystemExit("--amp needs a CUDA GPU (mmengine's AmpOptimWrapper); drop --amp on CPU")
-        cfg.optim_wrapper.type = "AmpOptimWrapper"
-        cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        if torch.cuda.is_available():
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
+        else:
+            # MMEngine's AmpOptimWrapper needs an accelerator; on the CPU train under bf16 autocast.
+            for key in ("loss_scale", "dtype", "use_fsdp"):
+                cfg.optim_wrapper.pop(key, None)
+            cfg.optim_wrapper.type = "BF16OptimWrapper"
+            print("--amp without a GPU: the forward pass runs under bf16 autocast on the CPU (BF16OptimWrapper)")
     return cfg
 
 

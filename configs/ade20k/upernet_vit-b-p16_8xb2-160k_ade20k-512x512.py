@@ -150,7 +150,7 @@ test_evaluator = val_evaluator
 # heads at lr. Norms, biases (every 1-D parameter), pos_embed and cls_token get no weight decay.
 optim_wrapper = dict(
     type="OptimWrapper",
-    optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),
     constructor="LayerDecayOptimWrapperConstructor",
     paramwise_cfg=dict(layer_decay_rate=0.65),
 )

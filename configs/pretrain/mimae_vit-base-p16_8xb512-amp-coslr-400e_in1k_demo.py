@@ -39,7 +39,7 @@ max_iters = 500
 warmup_iters = 50
 optim_wrapper = dict(type="OptimWrapper", _delete_=True,
                      # lr 1.5e-3: the recipe rule (1.5e-4 x 16 / 256) is too slow to move in 500 iterations.
-                     optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05),
+                     optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05, fused=True),
                      paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                                         custom_keys={"pos_embed": dict(decay_mult=0.0),
                                                      "cls_token": dict(decay_mult=0.0),

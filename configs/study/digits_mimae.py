@@ -31,7 +31,7 @@ warmup_iters = 50
 optim_wrapper = dict(
     _delete_=True,
     type="OptimWrapper",
-    optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05),
+    optimizer=dict(type="AdamW", lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05, fused=True),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0,
                        custom_keys={"pos_embed": dict(decay_mult=0.0), "cls_token": dict(decay_mult=0.0),
                                     "mask_token": dict(decay_mult=0.0)}),

@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 
 from ..registry import MODELS, build_model
-from .layers import Block, LayerNorm, run_blocks
+from .layers import Block, LayerNorm, Linear, run_blocks
 from .masking import make_masks
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, gather_tokens
@@ -51,12 +51,12 @@ class MAEDecoder(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.grid_size = tuple(grid_size)
-        self.embed = nn.Linear(encoder_dim, embed_dim)
+        self.embed = Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_2d(embed_dim, self.grid_size, 1), requires_grad=False)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = LayerNorm(embed_dim)
-        self.pred = nn.Linear(embed_dim, patch_size * patch_size * in_chans)
+        self.pred = Linear(embed_dim, patch_size * patch_size * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):

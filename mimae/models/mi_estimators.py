@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import MODELS
+from .layers import Linear
 
 
 class _GatherWithGradient(torch.autograd.Function):
@@ -67,9 +68,9 @@ class ProjectionHead(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 256) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
+        self.fc1 = Linear(in_dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, out_dim)
+        self.fc2 = Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -176,7 +177,7 @@ class MINE(nn.Module):
                  ema_decay: float = 0.99, symmetric: bool = True) -> None:
         super().__init__()
         self.head = ProjectionHead(in_dim, hidden_dim, proj_dim)
-        self.critic = nn.Sequential(nn.Linear(2 * proj_dim, critic_dim), nn.GELU(), nn.Linear(critic_dim, 1))
+        self.critic = nn.Sequential(Linear(2 * proj_dim, critic_dim), nn.GELU(), Linear(critic_dim, 1))
         self.ema_decay = ema_decay
         self.symmetric = symmetric
         self.register_buffer("running_exp_mean", torch.ones(()))
@@ -221,9 +222,9 @@ class CLUB(nn.Module):
 
     def __init__(self, x_dim: int, z_dim: int, hidden_dim: int = 512) -> None:
         super().__init__()
-        self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, z_dim))
+        self.mu = nn.Sequential(Linear(x_dim, hidden_dim), nn.GELU(), Linear(hidden_dim, z_dim))
         self.logvar = nn.Sequential(
-            nn.Linear(x_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, z_dim), nn.Tanh()
+            Linear(x_dim, hidden_dim), nn.GELU(), Linear(hidden_dim, z_dim), nn.Tanh()
         )
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
