@@ -184,11 +184,12 @@ def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ..
 
 
 def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
-                         fused_adamw: bool = True) -> Workload:
+                         fused_adamw: bool = True, onednn_linear: bool = True) -> Workload:
     """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
 
     The optimizer is the fused AdamW kernel, as mimae's recipes build it; ``fused_adamw=False``
-    selects torch's default kernel.
+    selects torch's default kernel. ``onednn_linear=False`` runs every ``mimae`` linear
+    layer through ``F.linear`` (MKL on the CPU) instead of its oneDNN path.
     """
     from mimae.models import MAE, MIMAE
 
@@ -211,9 +212,25 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
     model = model.to(device).train()
     images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
     step = training_step(model, lambda: model.loss(images), device, precision, fused_adamw)
+    if not onednn_linear:
+        return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch, without_onednn(step))
     if not fused_adamw:
         return Workload(f"{kind}_default_adamw", f"{label}, default AdamW", batch, step)
     return Workload(kind, label, batch, step)
+
+
+def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
+    """Return ``step`` run with ``mimae.models.layers.Linear.use_onednn`` switched off."""
+    from mimae.models.layers import Linear
+
+    def run() -> None:
+        saved, Linear.use_onednn = Linear.use_onednn, False
+        try:
+            step()
+        finally:
+            Linear.use_onednn = saved
+
+    return run
 
 
 def mmpretrain_available() -> str | None:
@@ -693,8 +710,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mmpretrain_mae", "timm_encoder", "mimae_encoder",
-                 "det_backbone", "seg_backbone", "gemm")
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mmpretrain_mae", "timm_encoder",
+                 "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
 
 def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
@@ -706,6 +723,8 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         "mimae": lambda: [build_mimae_pretrain("mimae", arch, batch, views, device, precision)],
         "mae_default_adamw": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                            fused_adamw=False)],
+        "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                        onednn_linear=False)],
         "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],
         "timm_encoder": lambda: [build_encoder("timm", arch, batch, device, precision)],
         "mimae_encoder": lambda: [build_encoder("mimae", arch, batch, device, precision)],
@@ -780,7 +799,7 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     if not args.no_profile and device.type == "cpu":
         entry["profiles"] = {}
         for workload in workloads:
-            if workload.key in ("mae", "mae_default_adamw"):
+            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear"):
                 log(f"profiling {workload.label}")
                 entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)
     log("done")

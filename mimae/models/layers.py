@@ -42,9 +42,9 @@ class Linear(nn.Linear):
     """``nn.Linear`` that runs large float32 products on the CPU through oneDNN.
 
     On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
-    convolution over a channels-last view of the input runs in oneDNN, which took about half
-    of MKL's time for forward and backward of the MAE ViT-B layer shapes on an AVX-512 CPU
-    (docs/benchmarks.md). The view needs no copy of a contiguous input, and parameters,
+    convolution over a channels-last view of the input runs in oneDNN instead. For forward
+    and backward of the MAE ViT-B layer shapes on an AVX-512 CPU, oneDNN took about half of
+    MKL's time (docs/benchmarks.md). The view needs no copy of a contiguous input, and parameters,
     state-dict keys and initialization are those of ``nn.Linear``. Products under
     ``ONEDNN_MIN_MACS`` multiply-adds, other dtypes, autocast and other devices take
     ``F.linear``. Set ``Linear.use_onednn = False`` to always take ``F.linear``.

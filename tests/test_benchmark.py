@@ -1,0 +1,37 @@
+"""``tools/benchmark.py --quick`` runs every workload kind and reports its figures and targets."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(600)
+def test_benchmark_quick_run_reports_figures_and_targets(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "tools/benchmark.py", "--quick", "--data", "skip", "--no-mmpretrain",
+               "--precision", "fp32", "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=580)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    entry = report["precisions"]["fp32"]
+    results = entry["results"]
+    expected = {"mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "timm_encoder",
+                "mimae_encoder", "det_backbone", "seg_backbone", "gemm_mm", "gemm_conv1x1"}
+    assert expected <= set(results)
+    for key in expected:
+        assert results[key]["seconds_per_step"] > 0, key
+        assert results[key]["gflop_per_step"] > 0, key
+    # The oneDNN path of Linear and the MKL path count the same products.
+    assert results["mae"]["gflop_per_step"] == pytest.approx(results["mae_mkl_linear"]["gflop_per_step"])
+    # Four views per image: four times the MAE step's products, within the MI heads' share.
+    assert results["mimae"]["gflop_per_step"] == pytest.approx(4 * results["mae"]["gflop_per_step"], rel=0.05)
+    targets = {t["target"]: t for t in entry["targets"]}
+    assert targets["peak memory MI-MAE / control"]["value"] > 0
+    assert targets["MI-MAE step / control step"]["value"] > 0
+    assert "MAE step" in result.stdout
