@@ -89,6 +89,8 @@ class ImageFolder(BaseDataset):
             **kwargs,
         )
 
+    accepts_sample_seed = True  # SeededSampler's per-sample seed is applied in __getitem__
+
     def __getitem__(self, idx: int) -> dict:
         # An index from SeededSampler fixes the random transforms of this sample.
         seed = getattr(idx, "seed", None)

@@ -52,7 +52,9 @@ def seeded_random_state(seed: int):
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
         np.random.seed(seed)
-        torch.manual_seed(seed)
+        # Only the CPU generator: torch.manual_seed would also reseed the GPU generators,
+        # which fork_rng(devices=[]) does not restore.
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
@@ -68,6 +70,15 @@ class SeededSampler(DefaultSampler):
     and epoch (``DistSamplerSeedHook`` sets the epoch). Data sets that read
     ``SeededIndex.seed`` (``ImageFolder`` does) draw the sample's augmentation from it.
     """
+
+    def __init__(self, dataset, *args, **kwargs) -> None:
+        if not getattr(dataset, "accepts_sample_seed", False):
+            # Wrappers such as RepeatDataset or ConcatDataset compute new plain-int indices,
+            # which would drop the seed and with it exact resume, without any error.
+            raise TypeError(
+                f"SeededSampler needs a data set that applies the per-sample seed (ImageFolder does); "
+                f"got {type(dataset).__name__}. Use the data set directly, or DefaultSampler")
+        super().__init__(dataset, *args, **kwargs)
 
     def __iter__(self) -> Iterator[SeededIndex]:
         for index in super().__iter__():

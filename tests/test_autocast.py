@@ -215,3 +215,16 @@ def test_bf16_optim_wrapper_trains_under_cpu_autocast() -> None:
     assert torch.isfinite(log_vars["loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert not torch.equal(model.encoder.patch_embed.proj.weight, before)
+
+
+def test_amp_on_cpu_rejected_for_detection_configs() -> None:
+    """mmcv's CPU RoIAlign has no bf16 kernel, so --amp on a CPU stops before building Mask R-CNN."""
+    from mmengine.config import Config
+
+    from train import merge_args, parse_args
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU --amp selects MMEngine's AmpOptimWrapper")
+    path = "configs/coco/mask-rcnn_vit-b-p16-simplefpn_8xb8-lsj-amp-100e_coco_demo.py"
+    with pytest.raises(SystemExit, match="pretraining configs only.*Drop --amp"):
+        merge_args(Config.fromfile(path), parse_args([path, "--amp"]))

@@ -1,74 +1,106 @@
 """``mimae.models.layers.Linear`` computes what ``nn.Linear`` computes, on either kernel."""
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
+import torch.fx
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.profiler import ProfilerActivity, profile
 
-from mimae.models.layers import Linear
+from mimae.models.layers import Linear, Mlp
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
 
-class OpNames(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.append(str(func))
-        return func(*args, **(kwargs or {}))
+@contextlib.contextmanager
+def threads(count: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def run(layer: Linear, x: torch.Tensor):
+    """Forward and backward of ``layer``; return the output, the gradients and the profiled op names."""
     x = x.detach().requires_grad_()
-    out = layer(x)
-    grad = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
-    out.backward(grad)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = layer(x)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
     grads = (x.grad, layer.weight.grad, layer.bias.grad)
     layer.zero_grad(set_to_none=True)
-    return out.detach(), grads
+    return out.detach(), grads, {event.key for event in prof.key_averages()}
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+@needs_onednn
 @pytest.mark.parametrize("shape", [(4, 100, 256), (400, 256)])
 def test_onednn_path_matches_f_linear(shape):
     torch.manual_seed(0)
     layer = Linear(256, 768)
     x = torch.randn(*shape)
-    with OpNames() as ops:
-        out, grads = run(layer, x)
-    assert any("convolution" in name for name in ops.names), "the oneDNN path was not taken"
-    Linear.use_onednn = False
-    try:
-        with OpNames() as ops:
-            ref_out, ref_grads = run(layer, x)
-    finally:
-        Linear.use_onednn = True
-    assert not any("convolution" in name for name in ops.names)
+    with threads(2):
+        out, grads, ops = run(layer, x)
+        assert "aten::mkldnn_convolution" in ops, "the oneDNN path was not taken"
+        Linear.use_onednn = False
+        try:
+            ref_out, ref_grads, ref_ops = run(layer, x)
+        finally:
+            Linear.use_onednn = True
+    assert not any("convolution" in name for name in ref_ops)
     assert out.shape == ref_out.shape == (*shape[:-1], 768)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
     for got, expected in zip(grads, ref_grads):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-3)
 
 
+@needs_onednn
 def test_non_contiguous_input():
     torch.manual_seed(0)
     layer = Linear(256, 768)
     x = torch.randn(256, 4, 100).permute(1, 2, 0)  # (4, 100, 256), not contiguous
-    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+    with threads(2):
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
 
 
-def test_small_products_autocast_and_state_dict_take_plain_linear():
+def test_plain_linear_where_onednn_does_not_pay_or_apply():
     torch.manual_seed(0)
-    layer = Linear(8, 4)
-    x = torch.randn(3, 8)
-    with OpNames() as ops:
-        out = layer(x)
-    assert not any("convolution" in name for name in ops.names)
-    assert torch.equal(out, F.linear(x, layer.weight, layer.bias))
-    big = Linear(256, 768)
-    with torch.autocast("cpu", dtype=torch.bfloat16), OpNames() as ops:
-        assert big(torch.randn(400, 256)).dtype == torch.bfloat16
-    assert not any("convolution" in name for name in ops.names)
+    small, big = Linear(8, 4), Linear(256, 768)
+    x = torch.randn(400, 256)
+    cases = {
+        "small product": lambda: small(torch.randn(3, 8)),
+        "one thread": lambda: big(x),
+        "autocast": lambda: big(x),
+        "float64": lambda: big.double()(x.double()),
+    }
+    for name, call in cases.items():
+        count = 1 if name == "one thread" else 2
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "autocast")
+        with threads(count), autocast, profile(activities=[ProfilerActivity.CPU]) as prof:
+            call()
+        ops = {event.key for event in prof.key_averages()}
+        assert not any("convolution" in op for op in ops), name
     assert list(big.state_dict()) == ["weight", "bias"]
     assert isinstance(big, torch.nn.Linear)
+
+
+def test_empty_input_and_wrong_width():
+    layer = Linear(256, 768)
+    with threads(2):
+        assert layer(torch.randn(0, 256)).shape == (0, 768)
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            layer(torch.randn(70000, 255))
+
+
+def test_scripting_and_fx_tracing():
+    torch.manual_seed(0)
+    mlp = Mlp(16, 32)
+    x = torch.randn(2, 16)
+    torch.testing.assert_close(torch.fx.symbolic_trace(mlp)(x), mlp(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript
+        scripted = torch.jit.script(mlp)
+    torch.testing.assert_close(scripted(x), mlp(x))

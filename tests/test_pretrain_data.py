@@ -139,3 +139,13 @@ def test_default_sampler_augmentation_depends_on_worker_restarts():
     continued = _epoch_pixels(persistent)
     restarted, _ = loader(1)
     assert not torch.equal(_epoch_pixels(restarted), continued)
+
+
+def test_seeded_sampler_rejects_data_sets_that_drop_the_seed():
+    from mmengine.dataset import RepeatDataset
+
+    from pretrain.samplers import SeededSampler
+
+    dataset = ImageFolder(data_root=DEMO_IMAGES, verify="none")
+    with pytest.raises(TypeError, match="RepeatDataset.*DefaultSampler"):
+        SeededSampler(RepeatDataset(dataset, times=2), seed=0)

@@ -356,7 +356,7 @@ class SafeRunner(Runner):
                 # uninterrupted one with persistent workers reuses its old one, and the two
                 # would then mask differently. MMEngine's worker_init_fn reseeds the workers,
                 # so the base seed itself changes nothing.
-                dataloader = {**dataloader, "generator": torch.Generator().manual_seed(0)}
+                dataloader = {**dataloader, "generator": torch.Generator().manual_seed(seed or 0)}
         return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
 
     def _check_data(self, dataset_cfg) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.fx  # noqa: F401  (Linear asks torch.fx whether it is tracing)
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -38,35 +39,53 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+def _fx_symbolic_tracing() -> bool:
+    """Return whether ``torch.fx.symbolic_trace`` is tracing (``is_fx_tracing`` logs a warning)."""
+    trace = torch.fx._symbolic_trace
+    return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` that runs large float32 products on the CPU through oneDNN.
 
     On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
     convolution over a channels-last view of the input runs in oneDNN instead. For forward
     and backward of the MAE ViT-B layer shapes on an AVX-512 CPU, oneDNN took about half of
-    MKL's time (docs/benchmarks.md). The view needs no copy of a contiguous input, and parameters,
-    state-dict keys and initialization are those of ``nn.Linear``. Products under
-    ``ONEDNN_MIN_MACS`` multiply-adds, other dtypes, autocast and other devices take
-    ``F.linear``. Set ``Linear.use_onednn = False`` to always take ``F.linear``.
+    MKL's time (docs/benchmarks.md). The view needs no copy of a contiguous input, and
+    parameters, state-dict keys and initialization are those of ``nn.Linear``.
+
+    ``F.linear`` runs instead for products under ``ONEDNN_MIN_MACS`` multiply-adds, for
+    other dtypes and devices, under autocast, with one torch thread (PyTorch then picks its
+    slow reference convolution, not oneDNN), when ``torch.backends.mkldnn.enabled`` is
+    false, and under TorchScript or FX tracing. ``Linear.use_onednn = False`` turns the
+    path off.
     """
 
-    use_onednn: bool = torch.backends.mkldnn.is_available()
+    use_onednn: bool = True
     ONEDNN_MIN_MACS = 1 << 24  # smaller products ran slower through the convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._takes_onednn(x):
-            return F.linear(x, self.weight, self.bias)
+        if not torch.jit.is_scripting():
+            if self._takes_onednn(x):
+                return self._onednn_linear(x)
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.jit.unused
+    def _takes_onednn(self, x: torch.Tensor) -> bool:
+        return (self.use_onednn and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and torch.get_num_threads() > 1 and not _fx_symbolic_tracing()
+                and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and self.weight.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] == self.in_features
+                and not torch.is_autocast_enabled("cpu")
+                and x.numel() > 0 and x.numel() * self.out_features >= self.ONEDNN_MIN_MACS)
+
+    @torch.jit.unused
+    def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         # (rows, C) row-major is the memory of an NHWC image (1, rows, 1, C).
         image = x.reshape(1, rows, 1, self.in_features).permute(0, 3, 1, 2)
         out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
         return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
-
-    def _takes_onednn(self, x: torch.Tensor) -> bool:
-        return (self.use_onednn and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and x.dim() >= 2
-                and not torch.is_autocast_enabled("cpu")
-                and x.numel() * self.out_features >= self.ONEDNN_MIN_MACS)
 
 
 class Mlp(nn.Module):
