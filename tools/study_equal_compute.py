@@ -5,7 +5,7 @@ each checkpoint is read out with k-NN, the final one also with a linear probe, b
 a random-initialization floor. Results are paired by seed against the control.
 
 Writes ``docs/study.md``, ``docs/study_knn.png``, ``docs/study_losses.png`` and the raw
-``results.json`` in the work dir. On 2 CPU cores the default (5 seeds) takes about 80 minutes.
+``results.json`` in the work dir. On 2 CPU cores the default (5 seeds) took 60 minutes.
 
 Example::
 
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     results_path = osp.join(args.work_dir, "results.json")
     results = json.load(open(results_path)) if osp.exists(results_path) else {}
     started = time.perf_counter()
+    trained = 0
 
     for seed in range(args.seeds):
         key = f"random init/{seed}"
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             run_dir = osp.join(args.work_dir, method.replace(" ", "_").replace("(", "").replace(")", ""), str(seed))
             os.makedirs(osp.dirname(run_dir), exist_ok=True)
             seconds = pretrain(METHODS[method], run_dir, seed)
+            trained += 1
             curve = {}
             for step in (100, 200, 300, 400, 500):
                 encoder = encoder_from_checkpoint(osp.join(run_dir, f"iter_{step}.pth"))
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
                 json.dump(results, f)
     with open(results_path, "w") as f:
         json.dump(results, f)
-    write_report(results, args, time.perf_counter() - started)
+    write_report(results, args, time.perf_counter() - started, trained)
 
 
 def curve_point(curve: dict, step: int) -> dict:
@@ -189,7 +191,7 @@ def curve_point(curve: dict, step: int) -> dict:
     return curve[str(step)] if str(step) in curve else curve[step]
 
 
-def write_report(results: dict, args, seconds: float) -> None:
+def write_report(results: dict, args, seconds: float, trained: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -197,8 +199,9 @@ def write_report(results: dict, args, seconds: float) -> None:
 
     seeds = range(args.seeds)
     names = ["random init", *args.methods]
-    rows = ["| method | k-NN (cls) | k-NN (mean) | linear probe (cls) | k-NN vs control | probe vs control |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| method | k-NN (cls) | k-NN (mean) | linear probe (cls) | k-NN vs control | probe vs control "
+            "| k-NN vs MAE |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for name in names:
         finals = [results[f"{name}/{s}"]["final"] for s in seeds]
         knn = [f["knn_cls"] for f in finals]
@@ -210,7 +213,11 @@ def write_report(results: dict, args, seconds: float) -> None:
             d_probe = paired_difference(probe, [c["probe_cls"] for c in control])
         else:
             d_knn = d_probe = "—"
-        rows.append(f"| {name} | {mean_std(knn)} | {mean_std(knn_mean)} | {mean_std(probe)} | {d_knn} | {d_probe} |")
+        d_mae = "—"
+        if "MAE" in args.methods and name != "MAE":
+            d_mae = paired_difference(knn, [results[f"MAE/{s}"]["final"]["knn_cls"] for s in seeds])
+        rows.append(f"| {name} | {mean_std(knn)} | {mean_std(knn_mean)} | {mean_std(probe)} | {d_knn} | {d_probe} "
+                    f"| {d_mae} |")
 
     steps = [100, 200, 300, 400, 500]
     curves = {name: np.array([[curve_point(results[f"{name}/{s}"]["curve"], t)["knn_cls"] for t in steps]
@@ -221,11 +228,14 @@ def write_report(results: dict, args, seconds: float) -> None:
     for name in args.methods:
         rows.append(f"| {name} | " + " | ".join(mean_std(list(col)) for col in curves[name].T) + " |")
 
+    # One color per method in both figures, whichever methods a panel shows.
+    colors = {name: f"C{i}" for i, name in enumerate(METHODS)}
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in args.methods:
         accs = curves[name]
         views = [t * VIEWS_PER_STEP / 1000 for t in steps]
-        ax.errorbar(views, accs.mean(0), yerr=accs.std(0, ddof=1) if len(accs) > 1 else None, label=name, capsize=2)
+        ax.errorbar(views, accs.mean(0), yerr=accs.std(0, ddof=1) if len(accs) > 1 else None, label=name, capsize=2,
+                    color=colors[name])
     floor = np.mean([results[f"random init/{s}"]["final"]["knn_cls"] for s in seeds])
     ax.axhline(floor, color="gray", linestyle="--", label="random init")
     ax.set_xlabel("encoder views processed (thousands)")
@@ -235,16 +245,17 @@ def write_report(results: dict, args, seconds: float) -> None:
     fig.savefig(osp.join(args.docs, "study_knn.png"), dpi=120)
 
     terms = ["loss_rec", "infonce", "club_estimate", "loss_q"]
-    fig, axes = plt.subplots(1, len(terms), figsize=(14, 3))
+    fig, axes = plt.subplots(1, len(terms), figsize=(14, 3.2))
     for ax, term in zip(axes, terms):
         for name in args.methods:
-            trace = results[f"{name}/0"]["trace"]
-            points = [(r["iter"], r[term]) for r in trace if term in r]
-            if points:
-                ax.plot(*zip(*points), label=name)
-        ax.set_title(term)
+            # Mean over seeds of the traced values (every 10th iteration of each run).
+            series = [{r["iter"]: r[term] for r in results[f"{name}/{s}"]["trace"] if term in r} for s in seeds]
+            iters = sorted(set.intersection(*(set(d) for d in series)))
+            if iters:
+                ax.plot(iters, [np.mean([d[i] for d in series]) for i in iters], label=name, color=colors[name])
+        ax.set_title(f"{term} (mean of {len(seeds)} seeds)", fontsize=9)
         ax.set_xlabel("iteration")
-    axes[0].legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(osp.join(args.docs, "study_losses.png"), dpi=100)
 
@@ -254,7 +265,8 @@ def write_report(results: dict, args, seconds: float) -> None:
     with open(osp.join(args.docs, "study_table.md"), "w") as f:
         f.write("\n".join(rows) + "\n\n")
         f.write(f"Command: `{command.strip()}`; machine: {machine}; pretraining {pretrain_minutes:.0f} min "
-                f"over {len(args.methods) * len(seeds)} runs; this invocation {seconds / 60:.0f} min.\n")
+                f"over {len(args.methods) * len(seeds)} runs; this invocation trained {trained} of them "
+                f"in {seconds / 60:.0f} min.\n")
     print("\n".join(rows))
 
 
