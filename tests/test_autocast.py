@@ -186,7 +186,7 @@ def test_pretraining_losses_float32(kind: str) -> None:
         assert outputs[1] == torch.float32, f"{name} keeps its log-sum-exp in {outputs[1]}"
 
 
-def test_bf16_optim_wrapper_trains_under_cpu_autocast() -> None:
+def test_bf16_wrapper_cpu_step() -> None:
     """``tools/train.py --amp`` on a CPU selects BF16OptimWrapper: a step through MMEngine's
     ``train_step`` runs the linear layers in bf16 and keeps parameters and gradients float32."""
     from mmengine.config import Config
@@ -200,7 +200,8 @@ def test_bf16_optim_wrapper_trains_under_cpu_autocast() -> None:
     if torch.cuda.is_available():
         pytest.skip("on a GPU --amp selects MMEngine's AmpOptimWrapper")
     assert cfg.optim_wrapper.type == "BF16OptimWrapper"
-    assert "dtype" not in cfg.optim_wrapper and "loss_scale" not in cfg.optim_wrapper
+    assert "dtype" not in cfg.optim_wrapper
+    assert "loss_scale" not in cfg.optim_wrapper
 
     torch.manual_seed(0)
     model = build_model(dict(type="MAE", **tiny_model_args(), data_preprocessor=dict(type="ImgDataPreprocessor")))
@@ -217,7 +218,7 @@ def test_bf16_optim_wrapper_trains_under_cpu_autocast() -> None:
     assert not torch.equal(model.encoder.patch_embed.proj.weight, before)
 
 
-def test_amp_on_cpu_rejected_for_detection_configs() -> None:
+def test_cpu_amp_rejects_detection() -> None:
     """mmcv's CPU RoIAlign has no bf16 kernel, so --amp on a CPU stops before building Mask R-CNN."""
     from mmengine.config import Config
 

@@ -346,7 +346,7 @@ def epoch_config(path: Path, sampler: str, hooks: list, backend: str = "") -> Pa
 
 
 @pytest.mark.timeout(900)
-def test_pretrain_epoch_based_sigkill_resume_exact(tmp_path):
+def test_epoch_sigkill_resume_exact(tmp_path):
     """Kill in the middle of epoch 2 and while epoch_2.pth is half written, then finish."""
     plain = epoch_config(tmp_path / "plain.py", "SeededSampler", [])
     reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")

@@ -99,7 +99,7 @@ def _epoch_pixels(loader) -> torch.Tensor:
     return torch.cat([batch["inputs"].float() for batch in loader])
 
 
-def test_seeded_sampler_augmentation_independent_of_workers_and_restarts():
+def test_seeded_augmentation_survives_worker_restart():
     """Each sample's crop and flip follow from (seed, epoch, index): a persistent worker in
     its second epoch and a fresh worker started at that epoch (as after --resume) agree."""
     from mmengine.dataset import DefaultSampler
@@ -122,7 +122,7 @@ def test_seeded_sampler_augmentation_independent_of_workers_and_restarts():
     assert [int(i) for i in SeededSampler(dataset, seed=3)] == list(DefaultSampler(dataset, seed=3))
 
 
-def test_default_sampler_augmentation_depends_on_worker_restarts():
+def test_default_sampler_repeats_worker_stream():
     """The failure SeededSampler removes: MMEngine-style fixed worker seeding makes a fresh
     worker repeat its first epoch's random stream, unlike a persistent one."""
     from functools import partial
@@ -141,7 +141,7 @@ def test_default_sampler_augmentation_depends_on_worker_restarts():
     assert not torch.equal(_epoch_pixels(restarted), continued)
 
 
-def test_seeded_sampler_rejects_data_sets_that_drop_the_seed():
+def test_seeded_sampler_rejects_wrappers():
     from mmengine.dataset import RepeatDataset
 
     from pretrain.samplers import SeededSampler

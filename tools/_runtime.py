@@ -26,8 +26,18 @@ def register_scope(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """Build ``cfg.runner_type`` when set, else the safe runner of mimae."""
+    """Build ``cfg.runner_type`` when set, else the safe runner of mimae.
+
+    Without a GPU the steps run on the CPU, where glibc would map and fault in the large
+    activations again every step; ``keep_freed_memory`` stops that.
+    """
+    import torch
+
     import mimae.engine  # noqa: F401  (registers SafeRunner)
+    from mimae.engine.cpu_memory import keep_freed_memory
+
+    if not torch.cuda.is_available():
+        keep_freed_memory()
 
     if "runner_type" in cfg:
         return RUNNERS.build(cfg)

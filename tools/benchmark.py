@@ -756,6 +756,11 @@ def main(argv: list[str] | None = None) -> dict:
         print_report(report)
         return report
     device = torch.device(args.device)
+    kept = False
+    if device.type == "cpu":
+        from mimae.engine.cpu_memory import keep_freed_memory
+
+        kept = keep_freed_memory()  # as tools/train.py does on a machine without a GPU
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
     register_cpu_attention_flops()
@@ -763,6 +768,7 @@ def main(argv: list[str] | None = None) -> dict:
     mmpretrain_version = None if args.no_mmpretrain else mmpretrain_available()
     report = dict(command=" ".join([osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), machine=machine_info(device),
                   settings=vars(args), mmpretrain=mmpretrain_version, precisions={})
+    report["machine"]["keep_freed_memory"] = kept
 
     out = osp.join(ROOT, args.out) if not osp.isabs(args.out) else args.out
     os.makedirs(osp.dirname(out), exist_ok=True)
