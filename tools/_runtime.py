@@ -44,3 +44,16 @@ def build_runner(cfg: Config) -> Runner:
     from mimae.engine import SafeRunner
 
     return SafeRunner.from_cfg(cfg)
+
+
+def finish_distributed() -> None:
+    """Let every rank reach the end, then close the process group while all ranks are alive.
+
+    A rank that tears gloo down while its peer still sends or closes sockets can abort with
+    "terminate called without an active exception" after a finished run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -13,7 +13,7 @@ import sys
 from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _runtime import build_runner, register_scope  # noqa: E402
+from _runtime import build_runner, finish_distributed, register_scope  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"checkpoint not found: {args.checkpoint}")
     register_scope(cfg)
     runner = build_runner(cfg)
-    return runner.test()
+    metrics = runner.test()
+    finish_distributed()
+    return metrics
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _runtime import build_runner, register_scope  # noqa: E402
+from _runtime import build_runner, finish_distributed, register_scope  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     register_scope(cfg)
     runner = build_runner(cfg)
     runner.train()
+    finish_distributed()
 
 
 if __name__ == "__main__":
