@@ -65,6 +65,8 @@ class ImageFolder(BaseDataset):
             and logs how many were dropped.
     """
 
+    accepts_sample_seed = True  # __getitem__ applies the seed of a SeededSampler index
+
     def __init__(
         self,
         data_root: str = "",
@@ -88,8 +90,6 @@ class ImageFolder(BaseDataset):
             pipeline=pipeline or [],
             **kwargs,
         )
-
-    accepts_sample_seed = True  # SeededSampler's per-sample seed is applied in __getitem__
 
     def __getitem__(self, idx: int) -> dict:
         # An index from SeededSampler fixes the random transforms of this sample.

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from mmengine.dataset import DefaultSampler
 
+from mimae.engine.runner import capture_random_state, restore_random_state
 from mimae.registry import DATA_SAMPLERS
 
 
@@ -48,18 +49,15 @@ def seeded_random_state(seed: int):
     Restoring matters when ``num_workers=0``: the pipeline then runs in the training
     process, whose random state also draws the masks.
     """
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        # Only the CPU generator: torch.manual_seed would also reseed the GPU generators,
-        # which fork_rng(devices=[]) does not restore.
-        torch.default_generator.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    state = capture_random_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    # The CPU generator only, because torch.manual_seed would also reseed the GPU generators.
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        restore_random_state(state)
 
 
 @DATA_SAMPLERS.register_module()

@@ -345,19 +345,27 @@ def epoch_config(path: Path, sampler: str, hooks: list, backend: str = "") -> Pa
                         extra=EPOCH_CONFIG.format(sampler=sampler, backend=backend))
 
 
-@pytest.mark.timeout(900)
-def test_epoch_sigkill_resume_exact(tmp_path):
-    """Kill in the middle of epoch 2 and while epoch_2.pth is half written, then finish."""
-    plain = epoch_config(tmp_path / "plain.py", "SeededSampler", [])
-    reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")
+def start_reference_and_kill(tmp_path: Path, sampler: str, iteration: int):
+    """Start the uninterrupted reference run, and a run that is SIGKILLed after ``iteration``.
 
+    Returns the plain config, the still running reference process and the killed run's work dir.
+    """
+    plain = epoch_config(tmp_path / "plain.py", sampler, [])
+    reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")
     work_dir = tmp_path / "run"
-    marker = tmp_path / "paused_iter_5"
-    pause = epoch_config(tmp_path / "pause.py", "SeededSampler",
-                         [dict(type="PauseHook", iteration=5, marker=str(marker))])
+    marker = tmp_path / f"paused_iter_{iteration}"
+    pause = epoch_config(tmp_path / "pause.py", sampler,
+                         [dict(type="PauseHook", iteration=iteration, marker=str(marker))])
     first = start_train(pause, work_dir, EPOCH_OPTIONS, tmp_path / "first.log")
     wait_for(marker, first, tmp_path / "first.log")
     kill_tree(first)
+    return plain, reference, work_dir
+
+
+@pytest.mark.timeout(900)
+def test_epoch_sigkill_resume_exact(tmp_path):
+    """Kill in the middle of epoch 2 and while epoch_2.pth is half written, then finish."""
+    plain, reference, work_dir = start_reference_and_kill(tmp_path, "SeededSampler", iteration=5)
     assert_latest_is(work_dir, "epoch_1.pth")
     assert [r["iter"] for r in read_trace(work_dir)] == [1, 2, 3]
 
@@ -389,15 +397,7 @@ def test_epoch_sigkill_resume_exact(tmp_path):
 def test_default_sampler_epoch_resume_differs(tmp_path):
     """Why the recipes use SeededSampler: with MMEngine's DefaultSampler and a persistent
     worker, a resumed epoch starts a fresh worker whose crops differ from the uninterrupted run."""
-    plain = epoch_config(tmp_path / "plain.py", "DefaultSampler", [])
-    reference = start_train(plain, tmp_path / "reference", EPOCH_OPTIONS, tmp_path / "reference.log")
-    work_dir = tmp_path / "run"
-    marker = tmp_path / "paused_iter_4"
-    pause = epoch_config(tmp_path / "pause.py", "DefaultSampler",
-                         [dict(type="PauseHook", iteration=4, marker=str(marker))])
-    first = start_train(pause, work_dir, EPOCH_OPTIONS, tmp_path / "first.log")
-    wait_for(marker, first, tmp_path / "first.log")
-    kill_tree(first)
+    plain, reference, work_dir = start_reference_and_kill(tmp_path, "DefaultSampler", iteration=4)
     finish(start_train(plain, work_dir, EPOCH_OPTIONS, tmp_path / "second.log", resume=True),
            tmp_path / "second.log")
     finish(reference, tmp_path / "reference.log")

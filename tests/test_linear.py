@@ -66,7 +66,7 @@ def test_non_contiguous_input():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
 
 
-def test_plain_linear_where_onednn_does_not_pay_or_apply():
+def test_plain_linear_fallback_cases():
     torch.manual_seed(0)
     small, big = Linear(8, 4), Linear(256, 768)
     x = torch.randn(400, 256)

@@ -8,9 +8,9 @@ and ratios between workloads are taken within one run.
 Measured per workload:
 
 * seconds per step and images per second. A training step is forward, backward and
-  ``AdamW.step`` (the fused kernel for mimae, as its recipes build it; torch's default
-  for mmpretrain, as its recipe builds it); a backbone or encoder step is forward and backward with a fixed
-  random gradient on every output.
+  ``AdamW.step``, with the fused kernel for mimae and torch's default one for
+  mmpretrain, as their recipes build it. A backbone or encoder step is forward and
+  backward with a fixed random gradient on every output.
 * FLOPs per step, counted once with ``torch.utils.flop_counter.FlopCounterMode``
   (matrix products, convolutions and attention), and the FLOP/s they give at the
   median time.
@@ -756,11 +756,11 @@ def main(argv: list[str] | None = None) -> dict:
         print_report(report)
         return report
     device = torch.device(args.device)
-    kept = False
+    memory_kept = False
     if device.type == "cpu":
         from mimae.engine.cpu_memory import keep_freed_memory
 
-        kept = keep_freed_memory()  # as tools/train.py does on a machine without a GPU
+        memory_kept = keep_freed_memory()  # as tools/train.py does on a machine without a GPU
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
     register_cpu_attention_flops()
@@ -768,7 +768,7 @@ def main(argv: list[str] | None = None) -> dict:
     mmpretrain_version = None if args.no_mmpretrain else mmpretrain_available()
     report = dict(command=" ".join([osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), machine=machine_info(device),
                   settings=vars(args), mmpretrain=mmpretrain_version, precisions={})
-    report["machine"]["keep_freed_memory"] = kept
+    report["machine"]["keep_freed_memory"] = memory_kept
 
     out = osp.join(ROOT, args.out) if not osp.isabs(args.out) else args.out
     os.makedirs(osp.dirname(out), exist_ok=True)

@@ -63,11 +63,11 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
         else:
-            # MMEngine's AmpOptimWrapper needs an accelerator; on the CPU train under bf16 autocast.
+            # MMEngine's AmpOptimWrapper needs an accelerator, so the CPU trains under bf16 autocast.
             if cfg.get("default_scope") != "mimae":
                 # mmcv 2.1.0's CPU RoIAlign has no bf16 kernel, so Mask R-CNN fails under CPU autocast.
-                raise SystemExit(f"--amp on a CPU is supported for pretraining configs only; "
-                                 f"{args.config} has default_scope={cfg.get('default_scope')!r}. Drop --amp")
+                raise SystemExit(f"--amp on a CPU works for pretraining configs only, and {args.config} has "
+                                 f"default_scope={cfg.get('default_scope')!r}. Drop --amp")
             for key in ("loss_scale", "dtype", "use_fsdp"):
                 cfg.optim_wrapper.pop(key, None)
             cfg.optim_wrapper.type = "BF16OptimWrapper"

@@ -26,6 +26,9 @@ def keep_freed_memory() -> bool:
     Does nothing off Linux/glibc or when the environment variable ``MIMAE_KEEP_FREED_MEMORY``
     is ``0``. The process's resident memory then stays at its peak instead of shrinking
     between steps, which is the point: the peak comes back every step.
+
+    NOTE: over 10 steps the resident memory grew by up to about 5 %; heap fragmentation over
+    runs of many hours was not measured. ``MIMAE_KEEP_FREED_MEMORY=0`` turns the setting off.
     """
     if os.environ.get(OPT_OUT, "1") == "0" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -350,12 +350,8 @@ class SafeRunner(Runner):
         if isinstance(dataloader, dict):
             self._check_data(dataloader.get("dataset"))
             if "generator" not in dataloader:
-                # A new DataLoader iterator draws its workers' base seed from this generator.
-                # Without one it draws from the global random state, which also draws the
-                # masks: a resumed epoch-based run creates a new iterator where an
-                # uninterrupted one with persistent workers reuses its old one, and the two
-                # would then mask differently. MMEngine's worker_init_fn reseeds the workers,
-                # so the base seed itself changes nothing.
+                # A new iterator draws its workers' base seed from this generator instead of the
+                # global state that draws the masks, so a resumed epoch-based run masks as before.
                 dataloader = {**dataloader, "generator": torch.Generator().manual_seed(seed or 0)}
         return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
 
