@@ -31,7 +31,7 @@ TASK_UTILS = Registry("task util", parent=root.TASK_UTILS)
 VISUALIZERS = Registry("visualizer", parent=root.VISUALIZERS)
 VISBACKENDS = Registry("vis_backend", parent=root.VISBACKENDS)
 LOG_PROCESSORS = Registry("log_processor", parent=root.LOG_PROCESSORS)
-FUNCTIONS = Registry("function", parent=root.FUNCTIONS)
+FUNCTIONS = Registry("function", parent=root.FUNCTIONS, locations=["pretrain.collate"])
 
 
 def build_model(cfg: dict):

@@ -1,5 +1,5 @@
 """MMEngine pretraining runner pieces: datasets, samplers, transforms and hooks."""
-from . import datasets, hooks, reconstruction_hook, samplers, transforms  # noqa: F401  (register modules)
+from . import collate, datasets, downscale, hooks, reconstruction_hook, samplers, transforms  # noqa: F401  (register modules)
 from .datasets import ImageFolder
 from .samplers import SeededSampler
 

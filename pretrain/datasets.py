@@ -15,7 +15,10 @@ from mmengine.logging import print_log
 from mimae.data_checks import IMAGE_EXTENSIONS, VERIFY_MODES, find_bad_images
 from mimae.registry import DATASETS
 
+from .downscale import downscale_images
 from .samplers import seeded_random_state
+
+DOWNSCALE_KEYS = {"short_side", "cache_dir", "quality", "workers"}
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "find_bad_images", "list_images", "read_file_list"]
 
@@ -63,6 +66,13 @@ class ImageFolder(BaseDataset):
             decoded in full, which catches truncated files. ``'full'``: every file is decoded.
         on_bad_image: ``'error'`` raises with the list of bad files; ``'skip'`` drops them
             and logs how many were dropped.
+        downscale: ``dict(short_side=160, cache_dir=None, quality=95, workers=0)`` reads
+            each image from a copy whose shorter side is ``short_side`` pixels, written
+            once into ``cache_dir`` (default ``~/.cache/mimae/downscaled/...``) when the
+            data set is built (see :mod:`pretrain.downscale`). For a ``RandomResizedCrop``
+            to side ``s`` with smallest area fraction ``a``, a ``short_side`` of at least
+            ``s / sqrt(a)`` keeps every crop from being enlarged. ``None`` (default) reads
+            the files as they are.
     """
 
     accepts_sample_seed = True  # __getitem__ applies the seed of a SeededSampler index
@@ -74,6 +84,7 @@ class ImageFolder(BaseDataset):
         ann_file: str = "",
         verify: str = "header",
         on_bad_image: str = "error",
+        downscale: dict | None = None,
         pipeline: list | None = None,
         **kwargs,
     ) -> None:
@@ -81,8 +92,14 @@ class ImageFolder(BaseDataset):
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         if on_bad_image not in ("error", "skip"):
             raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+        if downscale is not None:
+            unknown = set(downscale) - DOWNSCALE_KEYS
+            if unknown or "short_side" not in downscale:
+                raise ValueError(f"downscale must be a dict with short_side and optionally "
+                                 f"{sorted(DOWNSCALE_KEYS - {'short_side'})}, got {downscale!r}")
         self.verify = verify
         self.on_bad_image = on_bad_image
+        self.downscale = downscale
         super().__init__(
             ann_file=ann_file,
             data_root=data_root,
@@ -125,4 +142,6 @@ class ImageFolder(BaseDataset):
             paths = [path for path in paths if path not in bad_paths]
             if not paths:
                 raise ValueError(f"every image in {folder!r} is unreadable; nothing to train on")
+        if self.downscale is not None:
+            paths = downscale_images(paths, folder, **self.downscale)
         return [dict(img_path=path) for path in paths]

@@ -36,3 +36,26 @@ def test_benchmark_quick_run_reports_figures_and_targets(tmp_path):
     assert targets["peak memory MI-MAE / control"]["value"] > 0
     assert targets["MI-MAE step / control step"]["value"] > 0
     assert "MAE step" in result.stdout
+
+
+@pytest.mark.timeout(600)
+def test_demo_data_loading_share_times_the_loader_wait():
+    """Short real runs of both demo pretraining configs: the wait inside the data loader is
+    measured per batch and is part of, and smaller than, MMEngine's ``data_time``."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    shares = benchmark.data_loading_share("run", iters=20, log_interval=5, skip=5)
+    assert set(shares) == {"MAE", "MI-MAE"}
+    for name, share in shares.items():
+        assert "error" not in share, share
+        assert share["windows"] == 4, name  # iterations 1, 5, 10, 15, 20 logged; the first left out
+        assert 0 < share["wait"] < share["iteration"], name
+        # 15 timed fetches, 14 whole iterations between them.
+        assert share["wait_share"] == pytest.approx(share["wait"] / share["iteration"])
+        # The iteration measured between fetches agrees with MMEngine's time.
+        assert share["iteration"] == pytest.approx(share["time"], rel=0.5), name
+        assert 0 < share["share"] < 1, name
+    targets = {t["target"]: t for t in benchmark.evaluate_targets({}, 4, shares)}
+    loading = targets["demo data-loader wait / iteration time (worst config)"]
+    assert loading["value"] == max(share["wait_share"] for share in shares.values())

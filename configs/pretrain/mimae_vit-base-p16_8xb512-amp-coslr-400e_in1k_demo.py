@@ -12,8 +12,7 @@ model = dict(
 )
 
 train_pipeline = [
-    # JPEGs decode at a reduced DCT scale: the 64-pixel crops need no more detail.
-    dict(type="LoadImagePIL", draft_size=160),
+    dict(type="LoadImagePIL"),
     dict(type="RandomResizedCropPIL", size=img_size, scale=(0.2, 1.0), interpolation="bicubic"),
     dict(type="RandomFlipPIL", prob=0.5),
     dict(type="PackImage"),
@@ -23,6 +22,9 @@ train_dataloader = dict(
     num_workers=1,
     persistent_workers=True,
     pin_memory=False,
+    # A batch of 16 small crops is cheaper to copy through the worker's pipe than to hand
+    # over as shared memory.
+    collate_fn=dict(type="mimae.inline_collate"),
     # An iteration-based run on 30 images: one endless sampler instead of a restart every epoch.
     sampler=dict(type="InfiniteSampler", shuffle=True),
     dataset=dict(
@@ -31,6 +33,9 @@ train_dataloader = dict(
         # Only the detection training split, so the detection validation images stay unseen.
         ann_file="annotations/instances_train.json",
         verify="full",
+        # The 64-pixel crops (smallest area 0.2) need a short side of 64 / sqrt(0.2) = 143 px:
+        # from a 160 px copy of each photo, written once, a sample is ready about 4x sooner.
+        downscale=dict(short_side=160, cache_dir="work_dirs/cache/demo_coco_s160"),
         pipeline=train_pipeline,
     ),
 )
