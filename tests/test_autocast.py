@@ -229,3 +229,26 @@ def test_cpu_amp_rejects_detection() -> None:
     path = "configs/coco/mask-rcnn_vit-b-p16-simplefpn_8xb8-lsj-amp-100e_coco_demo.py"
     with pytest.raises(SystemExit, match="pretraining configs only.*Drop --amp"):
         merge_args(Config.fromfile(path), parse_args([path, "--amp"]))
+
+
+@pytest.mark.parametrize("float32_attention", [True, False])
+def test_cpu_autocast_attention_kernel_dtype(float32_attention: bool, monkeypatch) -> None:
+    """The CPU flash kernel gets float32 inputs under bf16 autocast unless the switch is off;
+    the block's output is bfloat16 and close to float32 either way."""
+    monkeypatch.setattr(Attention, "float32_on_cpu_autocast", float32_attention)
+    module, run = attention_cases()["plain"]
+    x = torch.randn(2, 16, 64, requires_grad=True)
+    with bf16_autocast(), OpRecorder() as forward:
+        out = run(module, x)
+    with OpRecorder() as backward:
+        out.float().square().sum().backward()
+    expected = torch.float32 if float32_attention else torch.bfloat16
+    flash = forward.ops(FLASH_OPS)
+    assert flash, "the flash kernel did not run"
+    assert all(dtype == expected for _, inputs, _ in flash for dtype in inputs[:3])
+    flash_backward = backward.ops(("aten._scaled_dot_product_flash_attention_for_cpu_backward.",))
+    assert flash_backward and all(dtype == expected for _, inputs, _ in flash_backward for dtype in inputs[:3])
+    assert out.dtype == torch.bfloat16
+    with torch.no_grad():
+        reference = run(module, x)
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)

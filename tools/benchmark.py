@@ -184,12 +184,14 @@ def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ..
 
 
 def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
-                         fused_adamw: bool = True, onednn_linear: bool = True) -> Workload:
+                         fused_adamw: bool = True, onednn_linear: bool = True,
+                         float32_attention: bool = True) -> Workload:
     """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
 
     The optimizer is the fused AdamW kernel, as mimae's recipes build it; ``fused_adamw=False``
     selects torch's default kernel. ``onednn_linear=False`` runs every ``mimae`` linear
     layer through ``F.linear`` (MKL on the CPU) instead of its oneDNN path.
+    ``float32_attention=False`` keeps attention in bfloat16 under CPU autocast.
     """
     from mimae.models import MAE, MIMAE
 
@@ -213,22 +215,29 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
     images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
     step = training_step(model, lambda: model.loss(images), device, precision, fused_adamw)
     if not onednn_linear:
-        return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch, without_onednn(step))
+        return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch,
+                        with_class_setting(step, "Linear", "use_onednn", False))
+    if not float32_attention:
+        return Workload(f"{kind}_bf16_attention", f"{label}, bf16 attention kernel", batch,
+                        with_class_setting(step, "Attention", "float32_on_cpu_autocast", False))
     if not fused_adamw:
         return Workload(f"{kind}_default_adamw", f"{label}, default AdamW", batch, step)
     return Workload(kind, label, batch, step)
 
 
-def without_onednn(step: Callable[[], None]) -> Callable[[], None]:
-    """Return ``step`` run with ``mimae.models.layers.Linear.use_onednn`` switched off."""
-    from mimae.models.layers import Linear
+def with_class_setting(step: Callable[[], None], class_name: str, attribute: str, value) -> Callable[[], None]:
+    """Return ``step`` run with ``mimae.models.layers.<class_name>.<attribute>`` set to ``value``."""
+    from mimae.models import layers
+
+    owner = getattr(layers, class_name)
 
     def run() -> None:
-        saved, Linear.use_onednn = Linear.use_onednn, False
+        saved = getattr(owner, attribute)
+        setattr(owner, attribute, value)
         try:
             step()
         finally:
-            Linear.use_onednn = saved
+            setattr(owner, attribute, saved)
 
     return run
 
@@ -763,8 +772,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mmpretrain_mae", "timm_encoder",
-                 "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_bf16_attention",
+                 "mmpretrain_mae", "timm_encoder", "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
 
 def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
@@ -779,6 +788,10 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
         "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                         onednn_linear=False)] if precision == "fp32" else [],
+        # Attention runs in float32 on the CPU under autocast; this variant keeps the bf16 kernel.
+        "mae_bf16_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                            float32_attention=False)]
+        if precision == "bf16" and device.type == "cpu" else [],
         "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],
         "timm_encoder": lambda: [build_encoder("timm", arch, batch, device, precision)],
         "mimae_encoder": lambda: [build_encoder("mimae", arch, batch, device, precision)],
@@ -859,7 +872,7 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     if not args.no_profile and device.type == "cpu":
         entry["profiles"] = {}
         for workload in workloads:
-            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear"):
+            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_bf16_attention"):
                 log(f"profiling {workload.label}")
                 entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)
     log("done")

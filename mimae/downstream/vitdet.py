@@ -16,12 +16,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
 from mimae.checkpoint import PRETRAIN_ONLY_KEYS, load_encoder_file
-from mimae.models.layers import Attention, Block, PatchEmbed, rel_pos_bias, init_blocks_trunc_normal, run_blocks, vit_layer_depth
+from mimae.models.layers import (Attention, Block, PatchEmbed, attend, init_blocks_trunc_normal, rel_pos_bias,
+                                 run_blocks, vit_layer_depth)
 from mimae.models.pos_embed import resize_abs_pos_embed
 
 from .window import window_padding_mask, window_partition, window_unpartition
@@ -63,7 +63,7 @@ class MaskedAttention(Attention):
             flat_q = q.reshape(batch * self.num_heads, length, self.head_dim)
             bias = rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid_hw, grid_hw)
             mask = mask + bias.reshape(batch, self.num_heads, length, length).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = attend(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 

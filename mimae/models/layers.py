@@ -140,12 +140,34 @@ def _axis_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor
     return rel_pos[offsets.long()]
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+           attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``, in float32 on the CPU under 16-bit autocast.
+
+    PyTorch's CPU flash-attention kernel ran 1.3 to 2.8 times slower on bfloat16 inputs than
+    on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU, casts included
+    (docs/benchmarks.md). Under CPU autocast the inputs are therefore cast to float32 and the
+    output back to the input dtype. ``Attention.float32_on_cpu_autocast = False`` keeps
+    the 16-bit kernel, for CPUs where it is the faster one.
+    """
+    if (Attention.float32_on_cpu_autocast and not torch.jit.is_scripting() and not _fx_symbolic_tracing()
+            and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+            and torch.is_autocast_enabled("cpu")):
+        mask = None if attn_mask is None else attn_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention on ``scaled_dot_product_attention``.
+    """Multi-head self-attention on ``scaled_dot_product_attention`` (see :func:`attend`).
 
     With ``rel_pos_size`` set, the block holds decomposed relative-position tables
     ``rel_pos_h`` and ``rel_pos_w`` of length ``2 * size - 1`` per axis (zero init).
     """
+
+    float32_on_cpu_autocast: bool = True
 
     def __init__(
         self,
@@ -179,7 +201,7 @@ class Attention(nn.Module):
             flat_q = q.reshape(batch * self.num_heads, length, self.head_dim)
             bias = rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid_hw, grid_hw)
             bias = bias.reshape(batch, self.num_heads, length, length).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        x = attend(q, k, v, attn_mask=bias)
         return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
 
 
