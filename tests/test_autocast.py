@@ -233,8 +233,8 @@ def test_cpu_amp_rejects_detection() -> None:
 
 @pytest.mark.parametrize("float32_attention", [True, False])
 def test_cpu_autocast_attention_kernel_dtype(float32_attention: bool, monkeypatch) -> None:
-    """The CPU flash kernel gets float32 inputs under bf16 autocast unless the switch is off;
-    the block's output is bfloat16 and close to float32 either way."""
+    """Under bf16 autocast the CPU flash kernel gets float32 inputs unless the switch is off.
+    The block's output is bfloat16 and close to float32 either way."""
     monkeypatch.setattr(Attention, "float32_on_cpu_autocast", float32_attention)
     module, run = attention_cases()["plain"]
     x = torch.randn(2, 16, 64, requires_grad=True)

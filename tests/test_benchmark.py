@@ -39,7 +39,7 @@ def test_benchmark_quick_run_reports_figures_and_targets(tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_demo_data_loading_share_times_the_loader_wait():
+def test_demo_loader_wait_share():
     """Short real runs of both demo pretraining configs: the wait inside the data loader is
     measured per batch and is part of, and smaller than, MMEngine's ``data_time``."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))

@@ -40,24 +40,26 @@ def _assert_same(batch: dict, expected: dict) -> None:
     assert batch["data_samples"] == expected["data_samples"]
 
 
-def test_worker_batches_arrive_as_plain_tensors_equal_to_default_collate():
+def test_worker_batches_plain_tensors():
     expected = _batches(0, default_collate)
     for got, want in zip(_batches(1, inline_collate), expected, strict=True):
         _assert_same(got, want)
         got["inputs"][0, 0, 0, 0] = 7  # writable, like a tensor from shared memory
 
 
-def test_outside_a_worker_the_batch_is_default_collate():
+def test_outside_worker_unchanged():
     batch = inline_collate([Samples()[0], Samples()[1]])
     assert type(batch["inputs"]) is torch.Tensor
     _assert_same(batch, default_collate([Samples()[0], Samples()[1]]))
 
 
-def test_only_small_cpu_tensors_go_by_value():
+def test_only_small_tensors_by_value():
     batch = dict(small=torch.ones(4), large=torch.ones(1024), items=[torch.ones(2)], name="x")
     marked = _by_value(batch, max_bytes=1024)
-    assert isinstance(marked["small"], _ByValue) and isinstance(marked["items"][0], _ByValue)
-    assert type(marked["large"]) is torch.Tensor and marked["name"] == "x"
+    assert isinstance(marked["small"], _ByValue)
+    assert isinstance(marked["items"][0], _ByValue)
+    assert type(marked["large"]) is torch.Tensor
+    assert marked["name"] == "x"
 
 
 def _forking_pickle(obj) -> bytes:
@@ -66,15 +68,16 @@ def _forking_pickle(obj) -> bytes:
     return buffer.getvalue()
 
 
-def test_by_value_pickles_the_bytes_not_a_shared_memory_handle():
+def test_by_value_pickles_bytes():
     tensor = torch.arange(12, dtype=torch.float32).reshape(3, 4)[:, 1:]  # not contiguous
     data = _forking_pickle(_ByValue(tensor))
     assert b"rebuild_storage" not in data
     assert b"rebuild_storage" in _forking_pickle(tensor.clone())  # what a plain tensor sends
     restored = pickle.loads(data)
-    assert type(restored) is torch.Tensor and torch.equal(restored, tensor)
+    assert type(restored) is torch.Tensor
+    assert torch.equal(restored, tensor)
 
 
-def test_configs_find_it_under_the_mimae_scope():
+def test_registered_in_mimae_scope():
     init_default_scope("mimae")
     assert FUNCTIONS.get("mimae.inline_collate") is inline_collate

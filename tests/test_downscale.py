@@ -35,7 +35,7 @@ def _paths(dataset: ImageFolder) -> dict[str, str]:
     return {os.path.basename(item["img_path"]): item["img_path"] for item in items}
 
 
-def test_copies_have_the_short_side_and_the_source_content(photos, tmp_path):
+def test_copy_size_and_content(photos, tmp_path):
     cache = tmp_path / "cache"
     dataset = ImageFolder(data_root=str(photos), verify="none", downscale=dict(short_side=96, cache_dir=str(cache)))
     paths = _paths(dataset)
@@ -49,9 +49,9 @@ def test_copies_have_the_short_side_and_the_source_content(photos, tmp_path):
             assert small.format == "JPEG"
             assert min(small.size) == 96
             assert small.width / small.height == pytest.approx(original.width / original.height, rel=0.02)
-            # Same picture, same orientation: close to a plain resize of the decoded source. The
-            # copy decodes at a reduced DCT scale first, which on a zebra photo differs by about
-            # 9 levels on average; another photo differs by about 70, a mirrored one by about 50.
+            # Same picture, same orientation: close to a plain resize of the decoded source.
+            # The copy decodes at a reduced DCT scale first, so on a zebra photo it differs by
+            # about 9 levels on average. Another photo differs by about 70, a mirrored one by 50.
             expected = np.asarray(original.convert("RGB").resize(small.size, Image.BICUBIC), dtype=np.float32)
             difference = np.abs(np.asarray(small.convert("RGB"), dtype=np.float32) - expected).mean()
             assert difference < 20.0, (copy, difference)
@@ -61,7 +61,7 @@ def test_copies_have_the_short_side_and_the_source_content(photos, tmp_path):
     assert paths["broken.jpg"] == str(photos / "broken.jpg")
 
 
-def test_copies_are_reused_until_the_source_changes(photos, tmp_path):
+def test_copy_reused_until_source_changes(photos, tmp_path):
     cache = tmp_path / "cache"
     options = dict(short_side=96, cache_dir=str(cache))
     first = _paths(ImageFolder(data_root=str(photos), verify="none", downscale=options))
@@ -80,7 +80,7 @@ def test_copies_are_reused_until_the_source_changes(photos, tmp_path):
         assert min(img.size) == 96
 
 
-def test_worker_processes_write_the_same_copies(photos, tmp_path):
+def test_worker_processes_same_copies(photos, tmp_path):
     paths = sorted(str(p) for p in photos.rglob("*") if p.is_file())
     serial = downscale_images(paths, str(photos), 80, str(tmp_path / "a"))
     parallel = downscale_images(paths, str(photos), 80, str(tmp_path / "b"), workers=2)
@@ -92,7 +92,7 @@ def test_worker_processes_write_the_same_copies(photos, tmp_path):
             assert Path(path).read_bytes() == twin.read_bytes()
 
 
-def test_default_cache_dir_depends_on_folder_and_size(tmp_path):
+def test_default_cache_dir_per_folder_size(tmp_path):
     first = default_cache_dir(str(tmp_path / "x"), 160)
     assert first.startswith(os.path.expanduser("~/.cache/mimae/downscaled"))
     assert first != default_cache_dir(str(tmp_path / "y"), 160)
@@ -104,6 +104,6 @@ def test_default_cache_dir_depends_on_folder_and_size(tmp_path):
     (dict(short_side=160, interpolation="bilinear"), "short_side"),
     (dict(short_side=0), "positive"),
 ])
-def test_bad_downscale_options_are_named(photos, options, message):
+def test_bad_downscale_options(photos, options, message):
     with pytest.raises(ValueError, match=message):
         ImageFolder(data_root=str(photos), verify="none", downscale=options)

@@ -530,7 +530,7 @@ def data_loading_share(mode: str, iters: int, log_interval: int = 10, skip: int 
       over the iterations after the first ``skip``. This is the data-loading time the
       target is about.
     * ``share``: MMEngine's ``data_time / time`` from ``scalars.json``. ``IterTimerHook``
-      starts ``data_time`` when its own ``after_train_iter`` has run, so it also holds the
+      starts ``data_time`` when its own ``after_train_iter`` has run, so it also counts the
       ``after_train_iter`` work of the hooks after it (parameter schedulers, logging,
       checkpoint checks) and the loop's own bookkeeping.
 

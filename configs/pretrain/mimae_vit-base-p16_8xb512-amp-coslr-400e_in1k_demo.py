@@ -33,8 +33,8 @@ train_dataloader = dict(
         # Only the detection training split, so the detection validation images stay unseen.
         ann_file="annotations/instances_train.json",
         verify="full",
-        # The 64-pixel crops (smallest area 0.2) need a short side of 64 / sqrt(0.2) = 143 px:
-        # from a 160 px copy of each photo, written once, a sample is ready about 4x sooner.
+        # The 64-pixel crops (smallest area 0.2) need a short side of 64 / sqrt(0.2) = 143 px.
+        # Each photo is copied once at a 160 px short side, and a sample is ready about 4x sooner.
         downscale=dict(short_side=160, cache_dir="work_dirs/cache/demo_coco_s160"),
         pipeline=train_pipeline,
     ),
