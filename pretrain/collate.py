@@ -9,6 +9,8 @@ the shared-memory path, which copies nothing.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from mmengine.dataset import default_collate
 from torch.utils.data import get_worker_info
@@ -21,6 +23,8 @@ INLINE_BYTES = 1 << 20
 
 
 def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if not data:  # torch.frombuffer rejects an empty buffer
+        return torch.empty(shape, dtype=dtype)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(shape)
 
 
@@ -38,12 +42,25 @@ class _ByValue:
         return _tensor_from_bytes, (data, tensor.dtype, tuple(tensor.shape))
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """Tell whether ``tensor`` is a dense CPU tensor that its bytes and shape describe fully."""
+    return (type(tensor) is torch.Tensor and tensor.device.type == "cpu" and tensor.layout == torch.strided
+            and not tensor.is_quantized and not tensor.requires_grad and not tensor.is_conj()
+            and not tensor.is_neg())
+
+
 def _by_value(data, max_bytes: int):
     if isinstance(data, torch.Tensor):
-        small = data.device.type == "cpu" and data.untyped_storage().nbytes() <= max_bytes
-        return _ByValue(data) if small and not data.is_sparse else data
+        small = _plain(data) and data.untyped_storage().nbytes() <= max_bytes
+        return _ByValue(data) if small else data
     if isinstance(data, dict):
-        return {key: _by_value(value, max_bytes) for key, value in data.items()}
+        converted = {key: _by_value(value, max_bytes) for key, value in data.items()}
+        try:
+            clone = copy.copy(data)  # keeps a dict subclass such as OrderedDict
+            clone.update(converted)
+            return clone
+        except TypeError:
+            return converted
     if isinstance(data, (list, tuple)) and not hasattr(data, "_fields"):
         return type(data)(_by_value(value, max_bytes) for value in data)
     return data
@@ -51,8 +68,10 @@ def _by_value(data, max_bytes: int):
 
 @FUNCTIONS.register_module()
 def inline_collate(data_batch: list, max_inline_bytes: int = INLINE_BYTES):
-    """``default_collate``, then, inside a loader worker, mark every tensor of at most
-    ``max_inline_bytes`` to be sent by value. Outside a worker the batch is unchanged."""
+    """Collate with ``default_collate``, then mark small tensors to be sent by value.
+
+    Inside a loader worker, every plain dense tensor of at most ``max_inline_bytes`` is
+    marked and arrives as a contiguous tensor. Outside a worker the batch is unchanged."""
     batch = default_collate(data_batch)
     if get_worker_info() is None:
         return batch

@@ -252,3 +252,17 @@ def test_cpu_autocast_attention_kernel_dtype(float32_attention: bool, monkeypatc
     with torch.no_grad():
         reference = run(module, x)
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+
+
+def test_boolean_mask_selects_keys_under_autocast() -> None:
+    """Under CPU autocast ``attend`` keeps a boolean mask a selection of keys, as in float32."""
+    from mimae.models.layers import attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 16) for _ in range(3))
+    keep = torch.tensor([True, True, True, False, False, False]).expand(6, 6)  # (queries, keys)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    with bf16_autocast():
+        got = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=keep)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)

@@ -1,6 +1,7 @@
 """``inline_collate`` sends small batches from loader workers by value and changes nothing else."""
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 from multiprocessing.reduction import ForkingPickler
@@ -20,8 +21,8 @@ class Samples(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         generator = torch.Generator().manual_seed(index)
         return dict(inputs=torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=generator),
-                    extra=dict(weight=torch.randn(5, generator=generator).to(torch.bfloat16),
-                               big=torch.zeros(300, 300)),
+                    extra=collections.OrderedDict(weight=torch.randn(5, generator=generator).to(torch.bfloat16),
+                                                  big=torch.zeros(300, 300), empty=torch.zeros(0, 4)),
                     data_samples=dict(img_path=f"image_{index}.jpg"))
 
 
@@ -37,6 +38,8 @@ def _assert_same(batch: dict, expected: dict) -> None:
     assert batch["extra"]["weight"].dtype == torch.bfloat16
     assert torch.equal(batch["extra"]["weight"], expected["extra"]["weight"])
     assert torch.equal(batch["extra"]["big"], expected["extra"]["big"])
+    assert type(batch["extra"]) is collections.OrderedDict
+    assert batch["extra"]["empty"].shape[1:] == (0, 4)
     assert batch["data_samples"] == expected["data_samples"]
 
 
@@ -54,8 +57,13 @@ def test_outside_worker_unchanged():
 
 
 def test_only_small_tensors_by_value():
-    batch = dict(small=torch.ones(4), large=torch.ones(1024), items=[torch.ones(2)], name="x")
+    batch = dict(small=torch.ones(4), large=torch.ones(1024), items=[torch.ones(2)], name="x",
+                 sparse=torch.ones(2).to_sparse(), grad=torch.ones(2, requires_grad=True),
+                 conj=torch.ones(2, dtype=torch.complex64).conj(),
+                 quantized=torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.quint8))
     marked = _by_value(batch, max_bytes=1024)
+    for key in ("sparse", "grad", "conj", "quantized"):
+        assert marked[key] is batch[key], key
     assert isinstance(marked["small"], _ByValue)
     assert isinstance(marked["items"][0], _ByValue)
     assert type(marked["large"]) is torch.Tensor

@@ -44,7 +44,7 @@ def test_copy_size_and_content(photos, tmp_path):
     assert len(copies) == 3
     assert any(os.sep + "sub" + os.sep in p for p in copies)  # relative layout kept
     for copy in copies:
-        source = photos / os.path.relpath(copy, cache)
+        source = photos / os.path.relpath(copy, cache / "s96-q95")
         with Image.open(copy) as small, Image.open(source) as original:
             assert small.format == "JPEG"
             assert min(small.size) == 96
@@ -92,17 +92,73 @@ def test_worker_processes_same_copies(photos, tmp_path):
             assert Path(path).read_bytes() == twin.read_bytes()
 
 
-def test_default_cache_dir_per_folder_size(tmp_path):
-    first = default_cache_dir(str(tmp_path / "x"), 160)
+def test_default_cache_dir_per_folder(tmp_path):
+    first = default_cache_dir(str(tmp_path / "x"))
     assert first.startswith(os.path.expanduser("~/.cache/mimae/downscaled"))
-    assert first != default_cache_dir(str(tmp_path / "y"), 160)
-    assert first != default_cache_dir(str(tmp_path / "x"), 128)
+    assert first != default_cache_dir(str(tmp_path / "y"))
+
+
+def test_new_settings_new_copies(photos, tmp_path):
+    """The same cache_dir with another short side or quality never serves the old copies."""
+    cache = str(tmp_path / "cache")
+    sizes = {}
+    for short_side, quality in ((96, 95), (64, 95), (64, 50)):
+        paths = _paths(ImageFolder(data_root=str(photos), verify="none",
+                                   downscale=dict(short_side=short_side, cache_dir=cache, quality=quality)))
+        copy = next(p for p in paths.values() if p.startswith(cache))
+        assert f"s{short_side}-q{quality}" in copy
+        with Image.open(copy) as img:
+            sizes[(short_side, quality)] = (min(img.size), os.path.getsize(copy))
+    assert sizes[(96, 95)][0] == 96
+    assert sizes[(64, 95)][0] == 64
+    assert sizes[(64, 50)][1] < sizes[(64, 95)][1]
+
+
+def test_cache_inside_folder_rejected(photos):
+    with pytest.raises(ValueError, match="inside the image folder"):
+        ImageFolder(data_root=str(photos), verify="none", downscale=dict(short_side=96, cache_dir=str(photos / "c")))
+
+
+def test_unwritable_cache_named(photos, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder should go")
+    with pytest.raises(OSError, match="set downscale.cache_dir to a writable folder"):
+        ImageFolder(data_root=str(photos), verify="none",
+                    downscale=dict(short_side=96, cache_dir=str(blocker / "cache")))
+
+
+def test_dotted_names_inside_folder(photos, tmp_path):
+    shutil.copy(photos / "sub" / os.listdir(photos / "sub")[0], photos / "..hidden.jpg")
+    paths = _paths(ImageFolder(data_root=str(photos), verify="none",
+                               downscale=dict(short_side=96, cache_dir=str(tmp_path / "cache"))))
+    assert paths["..hidden.jpg"].startswith(str(tmp_path / "cache"))
+
+
+def test_mpo_copied_as_jpeg(tmp_path):
+    """A JPEG with a multi-picture index (Pillow's MPO) is decoded at a reduced scale and
+    written as JPEG at the requested quality."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    with Image.open(DEMO_IMAGES / sorted(os.listdir(DEMO_IMAGES))[0]) as img:
+        img.convert("RGB").save(folder / "phone.jpg", format="MPO", save_all=True,
+                                append_images=[img.convert("RGB").resize((64, 48))], quality=95)
+    with Image.open(folder / "phone.jpg") as img:
+        assert img.format == "MPO"
+    [copy] = downscale_images([str(folder / "phone.jpg")], str(folder), 96, str(tmp_path / "cache"), quality=95)
+    with Image.open(copy) as small:
+        assert small.format == "JPEG"
+        assert min(small.size) == 96
+        # Quality 95 quantizes the first luminance coefficient with a step of 2; Pillow's
+        # default quality 75 uses 8.
+        assert small.quantization[0][0] <= 3
 
 
 @pytest.mark.parametrize("options, message", [
     (dict(size=160), "short_side"),
     (dict(short_side=160, interpolation="bilinear"), "short_side"),
     (dict(short_side=0), "positive"),
+    (dict(short_side="160"), "whole number"),
+    (dict(short_side=160, quality=0), "quality"),
 ])
 def test_bad_downscale_options(photos, options, message):
     with pytest.raises(ValueError, match=message):

@@ -35,7 +35,7 @@ train_dataloader = dict(
         verify="full",
         # The 64-pixel crops (smallest area 0.2) need a short side of 64 / sqrt(0.2) = 143 px.
         # Each photo is copied once at a 160 px short side, and a sample is ready about 4x sooner.
-        downscale=dict(short_side=160, cache_dir="work_dirs/cache/demo_coco_s160"),
+        downscale=dict(short_side=160, cache_dir="work_dirs/cache/demo_coco"),
         pipeline=train_pipeline,
     ),
 )

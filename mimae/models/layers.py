@@ -153,7 +153,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if (Attention.float32_on_cpu_autocast and not torch.jit.is_scripting() and not _fx_symbolic_tracing()
             and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
             and torch.is_autocast_enabled("cpu")):
-        mask = None if attn_mask is None else attn_mask.float()
+        # A boolean mask selects keys; any other mask is added to the scores.
+        mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
         return out.to(q.dtype)
