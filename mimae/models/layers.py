@@ -147,8 +147,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     PyTorch's CPU flash-attention kernel ran 1.3 to 2.8 times slower on bfloat16 inputs than
     on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU, and the float32
     kernel stayed faster with the casts to float32 and back (docs/benchmarks.md). Under CPU
-    autocast the inputs are therefore cast to float32 and the output back to the input dtype. ``Attention.float32_on_cpu_autocast = False`` keeps
-    the 16-bit kernel, for CPUs where it is the faster one.
+    autocast the inputs are therefore cast to float32 and the output back to the input
+    dtype. ``Attention.float32_on_cpu_autocast = False`` keeps the 16-bit kernel, for CPUs
+    where it is the faster one.
     """
     if (Attention.float32_on_cpu_autocast and not torch.jit.is_scripting() and not _fx_symbolic_tracing()
             and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
