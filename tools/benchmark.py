@@ -751,7 +751,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-mmpretrain", action="store_true", help="skip the mmpretrain comparison")
     parser.add_argument("--no-profile", action="store_true", help="skip the operator breakdowns of the MAE steps (CPU only)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: small models (4 blocks, 192-d, 64 px), batch 2, 1 timed round")
+                        help="smoke run: small models (4 blocks, 192-d, 64 px), batch 2, 1 timed round; "
+                             "--data run becomes --data scalars")
     parser.add_argument("--out", default="work_dirs/benchmark/benchmark.json", help="JSON output path")
     args = parser.parse_args(argv)
 

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     note = (
         "Demo scale: a 4-block ViT pretrained for a few hundred iterations on 30 photos and fine-tuned "
         "on 30 (COCO) and 3 (ADE20K) images. The numbers check that every stage runs and measures; they "
-        "say nothing about the methods' merit at real scale."
+        "say nothing about the methods' merit at real scale. Box and mask AP stay near 0 at this scale: "
+        "the detector sees each of its 30 training images 4 times (60 iterations of 2 images)."
     )
     with open(osp.join(work_dir, "comparison.md"), "w") as f:
         f.write(f"# MAE vs MI-MAE on the demo data\n\n{table}\n\nTotal wall time: {total:.0f} s.\n\n{note}\n")
