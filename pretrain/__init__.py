@@ -1,5 +1,6 @@
 """MMEngine pretraining runner pieces: datasets, samplers, transforms and hooks."""
-from . import collate, datasets, downscale, hooks, reconstruction_hook, samplers, transforms  # noqa: F401  (register modules)
+# Imported to register their modules.
+from . import collate, datasets, downscale, hooks, reconstruction_hook, samplers, transforms  # noqa: F401
 from .datasets import ImageFolder
 from .samplers import SeededSampler
 

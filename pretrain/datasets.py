@@ -69,10 +69,10 @@ class ImageFolder(BaseDataset):
         downscale: ``dict(short_side=160, cache_dir=None, quality=95, workers=0)`` reads
             each image from a copy whose shorter side is ``short_side`` pixels, written
             once into a sub-folder per short side and quality of ``cache_dir`` (default
-            ``~/.cache/mimae/downscaled/<folder hash>``) when the data set is built (see :mod:`pretrain.downscale`). For a ``RandomResizedCrop``
-            to side ``s`` with smallest area fraction ``a``, a ``short_side`` of at least
-            ``s / sqrt(a)`` keeps every crop from being enlarged. ``None`` (default) reads
-            the files as they are.
+            ``~/.cache/mimae/downscaled/<folder hash>``) when the data set is built (see
+            :mod:`pretrain.downscale`). For a ``RandomResizedCrop`` to side ``s`` with
+            smallest area fraction ``a``, a ``short_side`` of at least ``s / sqrt(a)`` keeps
+            every crop from being enlarged. ``None`` (default) reads the files as they are.
     """
 
     accepts_sample_seed = True  # __getitem__ applies the seed of a SeededSampler index

@@ -5,8 +5,9 @@ JPEG decoding, and on a machine with few CPUs the loader then takes that time fr
 training threads. A copy whose shorter side is just large enough for the crops is decoded
 by the same pipeline at a fraction of the cost. Copies keep the source's relative path and
 file format (JPEG, WEBP, PNG, TIFF, BMP; other formats are stored as PNG data), and carry
-the source's modification time, so a changed source is copied again on the next build. Writes go to a temporary name first and are renamed into place,
-so processes that build the same data set at once (one per rank) cannot read a half file.
+the source's modification time, so a changed source is copied again on the next build.
+Writes go to a temporary name first and are renamed into place, so processes that build
+the same data set at once (one per rank) cannot read a half file.
 """
 from __future__ import annotations
 
