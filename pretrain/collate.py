@@ -29,7 +29,7 @@ def _tensor_from_bytes(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) 
 
 
 class _ByValue:
-    """Pickles ``tensor`` as its bytes; unpickling returns a plain tensor."""
+    """Wrapper that pickles ``tensor`` as its bytes, so that unpickling returns a plain tensor."""
 
     __slots__ = ("tensor",)
 

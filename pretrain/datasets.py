@@ -5,6 +5,7 @@ stops the run before the first iteration instead of hours into it.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ from mimae.registry import DATASETS
 from .downscale import downscale_images
 from .samplers import seeded_random_state
 
-DOWNSCALE_KEYS = {"short_side", "cache_dir", "quality", "workers"}
+# The options of downscale_images that a config sets; the data set supplies paths and folder.
+DOWNSCALE_KEYS = set(inspect.signature(downscale_images).parameters) - {"paths", "folder"}
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "find_bad_images", "list_images", "read_file_list"]
 

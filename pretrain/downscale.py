@@ -32,7 +32,7 @@ KEPT_FORMATS = ("JPEG", "WEBP", "PNG", "TIFF", "BMP")
 
 
 def default_cache_dir(folder: str) -> str:
-    """``~/.cache/mimae/downscaled/<hash of the folder's absolute path>``."""
+    """Return ``~/.cache/mimae/downscaled/<hash of the folder's absolute path>``."""
     digest = hashlib.sha1(osp.abspath(folder).encode()).hexdigest()[:12]
     return osp.join(osp.expanduser("~/.cache/mimae/downscaled"), digest)
 
@@ -79,15 +79,11 @@ def downscale_image(src: str, dst: str, short_side: int, quality: int = 95) -> s
     except OSError as err:
         if osp.exists(tmp):
             os.remove(tmp)
-        print_log(f"could not write the downscaled copy {dst} ({err}); reading {src} in place. "
+        print_log(f"failed to write the downscaled copy {dst} ({err}), so {src} is read in place. "
                   "Free space in the cache folder or set downscale.cache_dir elsewhere",
                   logger="current", level=logging.WARNING)
         return src
     return dst
-
-
-def _downscale_one(job: tuple[str, str, int, int]) -> str:
-    return downscale_image(*job)
 
 
 def downscale_images(paths: list[str], folder: str, short_side: int, cache_dir: str | None = None,
@@ -111,24 +107,26 @@ def downscale_images(paths: list[str], folder: str, short_side: int, cache_dir: 
     try:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as err:
-        raise OSError(f"cannot create the downscale cache folder {cache_dir!r} ({err}); "
+        raise OSError(f"failed to create the downscale cache folder {cache_dir!r} ({err}); "
                       "set downscale.cache_dir to a writable folder") from err
-    jobs = []
+    targets = []
     for path in paths:
         relative = osp.relpath(path, folder)
         if relative == os.pardir or relative.startswith(os.pardir + os.sep):
             raise ValueError(f"{path!r} is not inside the image folder {folder!r}; downscaling keeps "
                              "paths relative to that folder, so list images under it")
-        jobs.append((path, osp.join(cache_dir, relative), short_side, quality))
+        targets.append(osp.join(cache_dir, relative))
+    sizes, qualities = [short_side] * len(paths), [quality] * len(paths)
     started = time.perf_counter()
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            result = list(pool.map(_downscale_one, jobs, chunksize=64))
+            result = list(pool.map(downscale_image, paths, targets, sizes, qualities, chunksize=64))
     else:
-        result = [_downscale_one(job) for job in jobs]
-    copies = sum(path != job[0] for path, job in zip(result, jobs))
-    in_place = f", {len(paths) - copies} read in place (not larger, not decodable or not written)" \
-        if copies < len(paths) else ""
+        result = list(map(downscale_image, paths, targets, sizes, qualities))
+    copies = sum(read != path for read, path in zip(result, paths))
+    in_place = ""
+    if copies < len(paths):
+        in_place = f", {len(paths) - copies} read in place (not larger, not decodable or not written)"
     print_log(f"downscaled images: {copies} of {len(paths)} read from {cache_dir} (short side {short_side})"
               f"{in_place}; {time.perf_counter() - started:.1f} s", logger="current")
     return result

@@ -49,7 +49,7 @@ def test_demo_loader_wait_share():
     assert set(shares) == {"MAE", "MI-MAE"}
     for name, share in shares.items():
         assert "error" not in share, share
-        assert share["windows"] == 4, name  # iterations 1, 5, 10, 15, 20 logged; the first left out
+        assert share["windows"] == 4, name  # iterations 1, 5, 10, 15 and 20 are logged, and the first is left out
         assert 0 < share["wait"] < share["iteration"], name
         # 15 timed fetches, 14 whole iterations between them.
         assert share["wait_share"] == pytest.approx(share["wait"] / share["iteration"])

@@ -148,7 +148,7 @@ def test_mpo_copied_as_jpeg(tmp_path):
     with Image.open(copy) as small:
         assert small.format == "JPEG"
         assert min(small.size) == 96
-        # Quality 95 quantizes the first luminance coefficient with a step of 2; Pillow's
+        # Quality 95 quantizes the first luminance coefficient with a step of 2. Pillow's
         # default quality 75 uses 8.
         assert small.quantization[0][0] <= 3
 

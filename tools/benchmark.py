@@ -789,7 +789,7 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
         "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                         onednn_linear=False)] if precision == "fp32" else [],
-        # Attention runs in float32 on the CPU under autocast; this variant keeps the bf16 kernel.
+        # Attention runs in float32 on the CPU under autocast. This variant keeps the bf16 kernel.
         "mae_bf16_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                             float32_attention=False)]
         if precision == "bf16" and device.type == "cpu" else [],

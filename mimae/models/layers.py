@@ -142,19 +142,19 @@ def _axis_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``, in float32 on the CPU under 16-bit autocast.
+    """Run ``F.scaled_dot_product_attention``, in float32 on the CPU under 16-bit autocast.
 
     PyTorch's CPU flash-attention kernel ran 1.3 to 2.8 times slower on bfloat16 inputs than
-    on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU, and the float32
-    kernel stayed faster with the casts to float32 and back (docs/benchmarks.md). Under CPU
-    autocast the inputs are therefore cast to float32 and the output back to the input
+    on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU. The float32
+    kernel stayed faster even with the casts to float32 and back (docs/benchmarks.md). So
+    under CPU autocast the inputs are cast to float32 and the output back to the input
     dtype. ``Attention.float32_on_cpu_autocast = False`` keeps the 16-bit kernel, for CPUs
     where it is the faster one.
     """
     if (Attention.float32_on_cpu_autocast and not torch.jit.is_scripting() and not _fx_symbolic_tracing()
             and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
             and torch.is_autocast_enabled("cpu")):
-        # A boolean mask selects keys; any other mask is added to the scores.
+        # A boolean mask selects keys, and any other mask is added to the scores.
         mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
