@@ -10,6 +10,7 @@ the aten operators that run and check the dtypes that each softmax receives.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -231,18 +232,18 @@ def test_cpu_amp_rejects_detection() -> None:
         merge_args(Config.fromfile(path), parse_args([path, "--amp"]))
 
 
-@pytest.mark.parametrize("float32_attention", [True, False])
-def test_cpu_autocast_attention_kernel_dtype(float32_attention: bool, monkeypatch) -> None:
-    """Under bf16 autocast the CPU flash kernel gets float32 inputs unless the switch is off.
-    The block's output is bfloat16 and close to float32 either way."""
-    monkeypatch.setattr(Attention, "float32_on_cpu_autocast", float32_attention)
+@pytest.mark.parametrize("kernel", ["flash_fp32", "flash"])
+def test_cpu_autocast_attention_kernel_dtype(kernel: str, monkeypatch) -> None:
+    """Under bf16 autocast the CPU flash kernel gets float32 inputs with ``"flash_fp32"`` and
+    bfloat16 ones with ``"flash"``. The block's output is bfloat16 and close to float32 either way."""
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", kernel)
     module, run = attention_cases()["plain"]
     x = torch.randn(2, 16, 64, requires_grad=True)
     with bf16_autocast(), OpRecorder() as forward:
         out = run(module, x)
     with OpRecorder() as backward:
         out.float().square().sum().backward()
-    expected = torch.float32 if float32_attention else torch.bfloat16
+    expected = torch.float32 if kernel == "flash_fp32" else torch.bfloat16
     flash = forward.ops(FLASH_OPS)
     assert flash, "the flash kernel did not run"
     assert all(dtype == expected for _, inputs, _ in flash for dtype in inputs[:3])
@@ -252,6 +253,138 @@ def test_cpu_autocast_attention_kernel_dtype(float32_attention: bool, monkeypatc
     with torch.no_grad():
         reference = run(module, x)
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+
+
+def profiled_event_names(step) -> set[str]:
+    """Return the names of the events that ``torch.profiler`` records while ``step()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return {event.key for event in prof.key_averages()}
+
+
+def test_compiled_attention_close_to_float32(monkeypatch) -> None:
+    """The ``"compiled"`` kernel runs a compiled graph instead of the flash kernel, and its
+    output and input gradient stay within bf16 tolerance of float32 attention."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+    module, run = attention_cases()["plain"]
+    x = torch.randn(2, 16, 64, requires_grad=True)
+    result = {}
+
+    def step():
+        with bf16_autocast():
+            result["out"] = run(module, x)
+        result["out"].float().square().sum().backward()
+
+    step()  # compiles for this shape
+    x.grad = None
+    names = profiled_event_names(step)
+    assert any(name.startswith("Torch-Compiled Region") for name in names), sorted(names)
+    assert not any(name.startswith("aten::_scaled_dot_product") for name in names), sorted(names)
+    out, grad = result["out"], x.grad
+    assert out.dtype == torch.bfloat16
+
+    x.grad = None
+    reference = run(module, x)
+    reference.square().sum().backward()
+    torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(grad, x.grad, atol=5e-2, rtol=5e-2)
+
+
+def test_compiled_attention_chunks_match_one_call(monkeypatch) -> None:
+    """Splitting the batch to keep the scores within ``COMPILED_SCORE_BYTES`` changes nothing
+    beyond bf16 rounding, in the output and in the gradients."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(5, 3, 12, 16, dtype=torch.bfloat16) for _ in range(3))
+    results = []
+    for score_bytes in (1 << 30, 3 * 12 * 12 * 4 * 2):  # one call, then chunks of 2, 2 and 1 rows
+        monkeypatch.setattr(layers, "COMPILED_SCORE_BYTES", score_bytes)
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        with bf16_autocast():
+            out = layers.compiled_attention(*inputs)
+        out.float().square().sum().backward()
+        results.append([out] + [t.grad for t in inputs])
+    for whole, chunked in zip(*results):
+        torch.testing.assert_close(chunked.float(), whole.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_compiled_attention_falls_back_when_compile_fails(monkeypatch) -> None:
+    """Without a working torch.compile, ``"compiled"`` warns once, naming the error, and runs
+    the float32 flash kernel."""
+    from mimae.models import layers
+
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(layers, "_compiled_explicit_attention", None)
+    monkeypatch.setattr(layers, "_compiled_attention_status", None)
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+    module, run = attention_cases()["plain"]
+    x = torch.randn(2, 16, 64)
+    with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler found"):
+        with bf16_autocast(), OpRecorder() as forward:
+            out = run(module, x)
+    flash = forward.ops(FLASH_OPS)
+    assert flash and all(dtype == torch.float32 for _, inputs, _ in flash for dtype in inputs[:3])
+    with warnings.catch_warnings(record=True) as later, bf16_autocast(), OpRecorder() as again:
+        warnings.simplefilter("always")
+        run(module, x)
+    assert again.ops(FLASH_OPS)
+    assert not [w for w in later if "torch.compile" in str(w.message)], "the failure was reported twice"
+    assert layers._compiled_attention_status is False
+    torch.testing.assert_close(out.float(), run(module, x), atol=3e-2, rtol=3e-2)
+
+
+def test_masked_attention_skips_compiled_kernel(monkeypatch) -> None:
+    """The compiled kernel has no mask input, so masked attention runs the same operators,
+    on the same dtypes, as with ``"flash_fp32"``."""
+    module, run = attention_cases()["padded_window"]
+    x = torch.randn(2, 16, 64)
+    records = []
+    for kernel in ("compiled", "flash_fp32"):
+        monkeypatch.setattr(Attention, "cpu_autocast_kernel", kernel)
+        with bf16_autocast(), OpRecorder() as forward:
+            out = run(module, x)
+        records.append((forward.calls, out))
+    (compiled_calls, compiled_out), (flash_calls, flash_out) = records
+    assert compiled_calls == flash_calls
+    assert any(all(dtype == torch.float32 for dtype in inputs) for _, inputs, _ in
+               [*forward.ops(SOFTMAX_OPS), *forward.ops(FLASH_OPS)])
+    torch.testing.assert_close(compiled_out, flash_out, atol=0, rtol=0)
+
+
+def test_unknown_cpu_autocast_kernel_named(monkeypatch) -> None:
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "flash32")
+    module, run = attention_cases()["plain"]
+    with bf16_autocast(), pytest.raises(ValueError, match="'flash32'.*'flash_fp32', 'flash', 'compiled'"):
+        run(module, torch.randn(2, 16, 64))
+
+
+def test_train_amp_sets_cpu_attention(monkeypatch) -> None:
+    """``tools/train.py --amp --cpu-attention K`` on a CPU sets ``Attention.cpu_autocast_kernel``;
+    without ``--amp`` the setting stays."""
+    from train import parse_args, select_cpu_attention
+
+    if torch.cuda.is_available():
+        pytest.skip("the setting applies to a machine without a GPU")
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "flash_fp32")
+    path = "configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k_demo.py"
+    select_cpu_attention(parse_args([path]))
+    assert Attention.cpu_autocast_kernel == "flash_fp32"
+    select_cpu_attention(parse_args([path, "--amp"]))
+    assert Attention.cpu_autocast_kernel == "compiled"
+    select_cpu_attention(parse_args([path, "--amp", "--cpu-attention", "flash"]))
+    assert Attention.cpu_autocast_kernel == "flash"
 
 
 def test_boolean_mask_selects_keys_under_autocast() -> None:

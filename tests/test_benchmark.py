@@ -59,3 +59,27 @@ def test_demo_loader_wait_share():
     targets = {t["target"]: t for t in benchmark.evaluate_targets({}, 4, shares)}
     loading = targets["demo data-loader wait / iteration time (worst config)"]
     assert loading["value"] == max(share["wait_share"] for share in shares.values())
+
+
+def test_benchmark_quick_bf16_attention_kernels(tmp_path):
+    """In bf16 on the CPU the MAE step runs the compiled attention, and the two flash
+    variants are measured beside it."""
+    out = tmp_path / "bench.json"
+    command = [sys.executable, "tools/benchmark.py", "--quick", "--data", "skip", "--no-mmpretrain",
+               "--precision", "bf16", "--only", "mae", "mae_flash_fp32_attention", "mae_flash_attention", "gemm",
+               "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=580)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "torch.compile failed" not in result.stdout + result.stderr
+    entry = json.loads(out.read_text())["precisions"]["bf16"]
+    results = entry["results"]
+    assert {"mae", "mae_flash_fp32_attention", "mae_flash_attention"} <= set(results)
+    assert results["mae_flash_fp32_attention"]["label"].endswith("float32 flash attention")
+    # The flash kernel's backward recomputes the scores and the counter counts that
+    # recomputation; the compiled attention keeps the weights and counts only its products.
+    assert results["mae"]["gflop_per_step"] < results["mae_flash_fp32_attention"]["gflop_per_step"]
+    assert results["mae_flash_attention"]["gflop_per_step"] == results["mae_flash_fp32_attention"]["gflop_per_step"]
+    attention = "attention kernels, or compiled attention outside its products"
+    assert entry["profiles"]["mae"]["share_by_group"][attention] > 0
+    compiled_ops = {op["op"] for op in entry["profiles"]["mae"]["top_ops"]}
+    assert not any(op.startswith("aten::_scaled_dot_product") for op in compiled_ops)

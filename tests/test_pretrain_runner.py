@@ -96,3 +96,27 @@ def test_pickled_code_rejected(tmp_path):
 def test_missing_weight_file_named(tmp_path):
     with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
         read_weights(tmp_path / "nope.pth")
+
+
+def test_cpu_amp_run_compiles_attention(tmp_path, monkeypatch):
+    """``tools/train.py --amp`` without a GPU trains MI-MAE under bf16 autocast with the
+    compiled attention, and the losses stay finite."""
+    from mimae.models import layers
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU --amp selects MMEngine's AmpOptimWrapper")
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(layers.Attention, "cpu_autocast_kernel", "flash_fp32")
+    monkeypatch.setattr(layers, "_compiled_explicit_attention", None)
+    work_dir = tmp_path / "run"
+    train_tool.main([MIMAE_DEMO, "--work-dir", str(work_dir), "--amp", "--cfg-options", "train_cfg.max_iters=2",
+                     "default_hooks.checkpoint.interval=2", *FAST])
+    assert layers.Attention.cpu_autocast_kernel == "compiled"
+    assert layers._compiled_explicit_attention is not None, "the compiled attention did not run"
+    with open(work_dir / "loss_trace.json") as f:
+        trace = json.load(f)
+    assert [r["iter"] for r in trace] == [1, 2]
+    for record in trace:
+        for term in ("loss", "loss_rec", "loss_mi_max", "loss_mi_min"):
+            assert torch.isfinite(torch.tensor(record[term])), (record["iter"], term)

@@ -185,13 +185,14 @@ def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ..
 
 def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
                          fused_adamw: bool = True, onednn_linear: bool = True,
-                         float32_attention: bool = True) -> Workload:
+                         attention_kernel: str | None = None) -> Workload:
     """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
 
     The optimizer is the fused AdamW kernel, as mimae's recipes build it; ``fused_adamw=False``
     selects torch's default kernel. ``onednn_linear=False`` runs every ``mimae`` linear
     layer through ``F.linear`` (MKL on the CPU) instead of its oneDNN path.
-    ``float32_attention=False`` keeps attention in bfloat16 under CPU autocast.
+    ``attention_kernel`` sets ``Attention.cpu_autocast_kernel`` for the step instead of the
+    run's setting (``--cpu-attention``).
     """
     from mimae.models import MAE, MIMAE
 
@@ -217,12 +218,16 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
     if not onednn_linear:
         return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch,
                         with_class_setting(step, "Linear", "use_onednn", False))
-    if not float32_attention:
-        return Workload(f"{kind}_bf16_attention", f"{label}, bf16 attention kernel", batch,
-                        with_class_setting(step, "Attention", "float32_on_cpu_autocast", False))
+    if attention_kernel is not None:
+        return Workload(f"{kind}_{attention_kernel}_attention", f"{label}, {ATTENTION_LABELS[attention_kernel]}",
+                        batch, with_class_setting(step, "Attention", "cpu_autocast_kernel", attention_kernel))
     if not fused_adamw:
         return Workload(f"{kind}_default_adamw", f"{label}, default AdamW", batch, step)
     return Workload(kind, label, batch, step)
+
+
+ATTENTION_LABELS = dict(compiled="compiled attention", flash_fp32="float32 flash attention",
+                        flash="bf16 flash attention")
 
 
 def with_class_setting(step: Callable[[], None], class_name: str, attribute: str, value) -> Callable[[], None]:
@@ -421,7 +426,11 @@ OP_GROUPS = (
     (MATRIX_PRODUCTS, ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
                        "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
                        "aten::thnn_conv2d", "aten::_slow_conv2d", "aten::cudnn_convolution")),
-    ("attention kernels", ("aten::_scaled_dot_product",)),
+    # Only attention is compiled in mimae, so the compiled graphs and their wrappers count as
+    # attention; the matrix products inside them are aten::bmm calls.
+    ("attention kernels, or compiled attention outside its products",
+     ("aten::_scaled_dot_product", "## Call CompiledFxGraph", "CompiledFunction", "Torch-Compiled Region",
+      "TorchDynamo", "AOTDispatcher", "Pregraph bytecode")),
     ("copies, gathers, scatters, cat", ("aten::copy_", "aten::cat", "aten::gather", "aten::scatter",
                                         "aten::clone", "aten::index", "aten::contiguous", "aten::_to_copy")),
     ("layer norm", ("aten::native_layer_norm",)),
@@ -737,6 +746,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"segmentation images per step (default: 2 on cpu, {SEG_RECIPE['batch']} on cuda)")
     parser.add_argument("--gemm-size", type=int, help="side of the square GEMM references (default: 2048 on cpu, 8192 on cuda)")
 
+    parser.add_argument("--cpu-attention", choices=list(ATTENTION_LABELS), default="compiled",
+                        help="Attention.cpu_autocast_kernel of mimae's bf16 workloads on the CPU, as "
+                             "tools/train.py --cpu-attention sets it (default: compiled)")
+
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default: 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; figures are their median (default: 5)")
     parser.add_argument("--data", choices=["run", "scalars", "skip"], default="run",
@@ -773,7 +786,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_bf16_attention",
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_flash_fp32_attention",
+                 "mae_flash_attention",
                  "mmpretrain_mae", "timm_encoder", "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
 
@@ -789,9 +803,12 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
         "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                         onednn_linear=False)] if precision == "fp32" else [],
-        # Attention runs in float32 on the CPU under autocast. This variant keeps the bf16 kernel.
-        "mae_bf16_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                            float32_attention=False)]
+        # Under CPU autocast the run uses the compiled attention; these variants take the flash kernel.
+        "mae_flash_fp32_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                                  attention_kernel="flash_fp32")]
+        if precision == "bf16" and device.type == "cpu" else [],
+        "mae_flash_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                             attention_kernel="flash")]
         if precision == "bf16" and device.type == "cpu" else [],
         "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],
         "timm_encoder": lambda: [build_encoder("timm", arch, batch, device, precision)],
@@ -836,9 +853,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = osp.join(ROOT, args.out) if not osp.isabs(args.out) else args.out
     os.makedirs(osp.dirname(out), exist_ok=True)
-    for precision in args.precision:
-        report["precisions"][precision] = measure_precision(args, arch, device, precision, mmpretrain_version)
-        write_json(report, out)  # keeps the finished precisions if a later stage fails
+    from mimae.models.layers import Attention
+
+    saved_kernel = Attention.cpu_autocast_kernel
+    Attention.cpu_autocast_kernel = args.cpu_attention  # as tools/train.py --amp sets it on the CPU
+    try:
+        for precision in args.precision:
+            report["precisions"][precision] = measure_precision(args, arch, device, precision, mmpretrain_version)
+            write_json(report, out)  # keeps the finished precisions if a later stage fails
+    finally:
+        Attention.cpu_autocast_kernel = saved_kernel
 
     data_share = {} if args.data == "skip" else data_loading_share(args.data, args.data_iters)
     report["data_loading"] = data_share
@@ -859,6 +883,11 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     def log(message: str) -> None:
         print(f"== {precision} [{time.perf_counter() - started:.0f} s]: {message}", flush=True)
 
+    from mimae.models.layers import compiled_attention_works
+
+    if precision == "bf16" and device.type == "cpu" and args.cpu_attention == "compiled":
+        log("compiling the attention" if compiled_attention_works() else
+            "torch.compile failed, so the compiled attention runs the float32 flash kernel")
     log("building workloads and counting FLOPs")
     workloads = build_workloads(args, arch, device, precision, mmpretrain_version is not None)
     for workload in workloads:
@@ -873,7 +902,8 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     if not args.no_profile and device.type == "cpu":
         entry["profiles"] = {}
         for workload in workloads:
-            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_bf16_attention"):
+            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_flash_fp32_attention",
+                                "mae_flash_attention"):
                 log(f"profiling {workload.label}")
                 entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)
     log("done")

@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: AmpOptimWrapper on a GPU, bf16 autocast (BF16OptimWrapper) on the CPU")
+    parser.add_argument("--cpu-attention", choices=["compiled", "flash_fp32", "flash"], default="compiled",
+                        help="attention kernel under bf16 autocast with --amp on a machine without a GPU: the "
+                             "explicit attention compiled by torch.compile, the flash kernel in float32, or the "
+                             "flash kernel in bf16 (default: compiled; docs/benchmarks.md compares them)")
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, default={},
         help="override config keys, e.g. train_cfg.max_iters=10 model.backbone.init_cfg.checkpoint=x.pth",
@@ -71,14 +75,26 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
             for key in ("loss_scale", "dtype", "use_fsdp"):
                 cfg.optim_wrapper.pop(key, None)
             cfg.optim_wrapper.type = "BF16OptimWrapper"
-            print("--amp without a GPU: the forward pass runs under bf16 autocast on the CPU (BF16OptimWrapper)")
+            print("--amp without a GPU: the forward pass runs under bf16 autocast on the CPU (BF16OptimWrapper), "
+                  f"attention with the {args.cpu_attention!r} kernel")
     return cfg
+
+
+def select_cpu_attention(args: argparse.Namespace) -> None:
+    """Set the attention kernel for bf16 autocast on the CPU from ``--cpu-attention`` when ``--amp`` runs there."""
+    import torch
+
+    from mimae.models.layers import Attention
+
+    if args.amp and not torch.cuda.is_available():
+        Attention.cpu_autocast_kernel = args.cpu_attention
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
     cfg = merge_args(cfg, args)
+    select_cpu_attention(args)
     register_scope(cfg)
     runner = build_runner(cfg)
     runner.train()

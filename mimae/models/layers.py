@@ -5,6 +5,7 @@ Parameter names follow timm and the official MAE code (``attn.qkv``, ``mlp.fc1``
 """
 from __future__ import annotations
 
+import warnings
 from functools import partial
 
 import torch
@@ -140,26 +141,100 @@ def _axis_table(rel_pos: torch.Tensor, q_size: int, k_size: int) -> torch.Tensor
     return rel_pos[offsets.long()]
 
 
+CPU_AUTOCAST_KERNELS = ("flash_fp32", "flash", "compiled")
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``F.scaled_dot_product_attention``, in float32 on the CPU under 16-bit autocast.
+    """Run attention with ``F.scaled_dot_product_attention``, or on the CPU under autocast
+    with the kernel that ``Attention.cpu_autocast_kernel`` names.
 
     PyTorch's CPU flash-attention kernel ran 1.3 to 2.8 times slower on bfloat16 inputs than
-    on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU. The float32
-    kernel stayed faster even with the casts to float32 and back (docs/benchmarks.md). So
-    under CPU autocast the inputs are cast to float32 and the output back to the input
-    dtype. ``Attention.float32_on_cpu_autocast = False`` keeps the 16-bit kernel, for CPUs
-    where it is the faster one.
+    on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU
+    (docs/benchmarks.md). Under CPU autocast with 16-bit inputs the kernel setting applies:
+
+    - ``"flash_fp32"`` (default): the flash kernel on float32 copies of the inputs, with the
+      output cast back to the input dtype.
+    - ``"flash"``: the flash kernel on the 16-bit inputs.
+    - ``"compiled"``: for bfloat16 inputs without a mask, the product of queries and keys,
+      a float32 softmax and the product with the values, compiled by ``torch.compile``
+      (see :func:`compiled_attention`). Other inputs take ``"flash_fp32"``.
     """
-    if (Attention.float32_on_cpu_autocast and not torch.jit.is_scripting() and not _fx_symbolic_tracing()
-            and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and torch.is_autocast_enabled("cpu")):
-        # A boolean mask selects keys, and any other mask is added to the scores.
-        mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-        return out.to(q.dtype)
+    if (not torch.jit.is_scripting() and not _fx_symbolic_tracing() and q.device.type == "cpu"
+            and q.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled("cpu")):
+        kernel = Attention.cpu_autocast_kernel
+        if kernel not in CPU_AUTOCAST_KERNELS:
+            raise ValueError(f"Attention.cpu_autocast_kernel is {kernel!r}; use one of {CPU_AUTOCAST_KERNELS}")
+        if kernel == "compiled" and attn_mask is None and q.dtype == torch.bfloat16:
+            if torch.compiler.is_compiling():
+                return _explicit_attention(q, k, v)  # part of a graph that torch.compile is building
+            if compiled_attention_works():
+                return compiled_attention(q, k, v)
+        if kernel != "flash":
+            # A boolean mask selects keys, and any other mask is added to the scores.
+            mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+            return out.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(dim=-1).to(q.dtype) @ v
+
+
+_compiled_explicit_attention = None
+_compiled_attention_status: bool | None = None
+
+# Score bytes per call of the compiled attention. With the scores of a call within the
+# last-level cache (32 MiB on the benchmark machine), the four-view decoder's attention
+# (32 x 16 heads x 197 x 197) ran in about 40 ms against 70 ms in one call.
+COMPILED_SCORE_BYTES = 16 << 20
+
+
+def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attend with the compiled explicit attention, in batch chunks whose float32 scores
+    take at most ``COMPILED_SCORE_BYTES``.
+
+    Inputs are ``(B, heads, L, head_dim)``. On an AVX-512 CPU with bfloat16 inputs,
+    forward and backward took about half the time of the float32 flash kernel for the MAE
+    encoder and decoder shapes (docs/benchmarks.md). Queries, keys and the attention
+    weights enter their products in the input dtype, as in an uncompiled attention under
+    autocast, so the result is less precise than the float32 flash kernel's.
+    """
+    global _compiled_explicit_attention
+    if _compiled_explicit_attention is None:
+        _compiled_explicit_attention = torch.compile(_explicit_attention)
+    batch, heads, length, _ = q.shape
+    rows = max(1, COMPILED_SCORE_BYTES // max(1, heads * length * k.shape[-2] * 4))
+    if rows >= batch:
+        return _compiled_explicit_attention(q, k, v)
+    chunks = zip(q.split(rows), k.split(rows), v.split(rows))
+    return torch.cat([_compiled_explicit_attention(*chunk) for chunk in chunks])
+
+
+def compiled_attention_works() -> bool:
+    """Return whether :func:`compiled_attention` compiles and runs, trying it once per process.
+
+    ``torch.compile`` needs a C++ compiler on the CPU. When the trial fails, a warning
+    names the error and ``attend`` takes the ``"flash_fp32"`` kernel instead.
+    """
+    global _compiled_attention_status
+    if _compiled_attention_status is None:
+        try:
+            q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+            with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                out = compiled_attention(q, k, v)
+            out.float().sum().backward()
+            _compiled_attention_status = True
+        except Exception as error:  # torch.compile raises many error types
+            warnings.warn(f"Attention.cpu_autocast_kernel='compiled' is set, but torch.compile failed "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                          "attention runs the float32 flash kernel instead. torch.compile needs a working "
+                          "C++ compiler on the CPU", stacklevel=2)
+            _compiled_attention_status = False
+    return _compiled_attention_status
 
 
 class Attention(nn.Module):
@@ -169,7 +244,9 @@ class Attention(nn.Module):
     ``rel_pos_h`` and ``rel_pos_w`` of length ``2 * size - 1`` per axis (zero init).
     """
 
-    float32_on_cpu_autocast: bool = True
+    # The kernel of ``attend`` on the CPU under 16-bit autocast: one of CPU_AUTOCAST_KERNELS.
+    # tools/train.py --amp selects "compiled" on a machine without a GPU.
+    cpu_autocast_kernel: str = "flash_fp32"
 
     def __init__(
         self,
