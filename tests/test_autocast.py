@@ -399,3 +399,40 @@ def test_boolean_mask_selects_keys_under_autocast() -> None:
         got = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=keep)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("batch, most, rows", [(8, 9, 8), (32, 9, 8), (8, 6, 4), (7, 6, 6), (13, 5, 5), (32, 1, 1)])
+def test_compiled_attention_chunk_rows(batch: int, most: int, rows: int) -> None:
+    """Chunks are equal where a divisor of the batch is at least half the row limit."""
+    from mimae.models.layers import _chunk_rows
+
+    assert _chunk_rows(batch, most) == rows
+
+
+def test_compiled_layouts_beyond_limit_take_flash(monkeypatch) -> None:
+    """Once ``COMPILED_LAYOUTS_MAX`` input layouts are compiled, a new layout runs the float32
+    flash kernel instead of a further compilation."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(layers, "_compiled_keys", set())
+    monkeypatch.setattr(layers, "COMPILED_LAYOUTS_MAX", 1)
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+    torch.manual_seed(0)
+    first = [torch.randn(2, 2, 8, 8, dtype=torch.bfloat16) for _ in range(3)]
+    second = [torch.randn(2, 2, 12, 8, dtype=torch.bfloat16) for _ in range(3)]
+    with torch.no_grad(), bf16_autocast():
+        with OpRecorder() as compiled:
+            layers.attend(*first)
+        with OpRecorder() as beyond:
+            out = layers.attend(*second)
+        with OpRecorder() as again:
+            layers.attend(*first)
+    assert not compiled.ops(FLASH_OPS)
+    flash = beyond.ops(FLASH_OPS)
+    assert flash and all(dtype == torch.float32 for _, inputs, _ in flash for dtype in inputs[:3])
+    assert not again.ops(FLASH_OPS)
+    assert len(layers._compiled_keys) == 1
+    reference = F.scaled_dot_product_attention(*(t.float() for t in second))
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)

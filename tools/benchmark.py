@@ -185,21 +185,23 @@ def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ..
 
 def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
                          fused_adamw: bool = True, onednn_linear: bool = True,
-                         attention_kernel: str | None = None) -> Workload:
+                         attention_kernel: str | None = None, with_cp: bool = False) -> Workload:
     """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
 
     The optimizer is the fused AdamW kernel, as mimae's recipes build it; ``fused_adamw=False``
     selects torch's default kernel. ``onednn_linear=False`` runs every ``mimae`` linear
     layer through ``F.linear`` (MKL on the CPU) instead of its oneDNN path.
     ``attention_kernel`` sets ``Attention.cpu_autocast_kernel`` for the step instead of the
-    run's setting (``--cpu-attention``).
+    run's setting (``--cpu-attention``). ``with_cp=True`` checkpoints the activations of
+    every encoder and decoder block.
     """
     from mimae.models import MAE, MIMAE
 
     torch.manual_seed(0)
     encoder = dict(img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim,
-                   depth=arch.depth, num_heads=arch.num_heads)
-    decoder = dict(embed_dim=arch.decoder_dim, depth=arch.decoder_depth, num_heads=arch.decoder_heads)
+                   depth=arch.depth, num_heads=arch.num_heads, with_cp=with_cp)
+    decoder = dict(embed_dim=arch.decoder_dim, depth=arch.decoder_depth, num_heads=arch.decoder_heads,
+                   with_cp=with_cp)
     if kind == "mae":
         model = MAE(encoder=encoder, decoder=decoder, mask_ratio=0.75, num_views=1)
         label = "mimae MAE"
@@ -218,6 +220,8 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
     if not onednn_linear:
         return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch,
                         with_class_setting(step, "Linear", "use_onednn", False))
+    if with_cp:
+        return Workload(f"{kind}_checkpointed", f"{label}, activation checkpointing", batch, step)
     if attention_kernel is not None:
         return Workload(f"{kind}_{attention_kernel}_attention", f"{label}, {ATTENTION_LABELS[attention_kernel]}",
                         batch, with_class_setting(step, "Attention", "cpu_autocast_kernel", attention_kernel))
@@ -786,9 +790,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_flash_fp32_attention",
-                 "mae_flash_attention",
-                 "mmpretrain_mae", "timm_encoder", "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_checkpointed",
+                 "mae_flash_fp32_attention", "mae_flash_attention", "mmpretrain_mae", "timm_encoder", "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
 
 def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
@@ -803,6 +806,8 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
         "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                         onednn_linear=False)] if precision == "fp32" else [],
+        "mae_checkpointed": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
+                                                          with_cp=True)] if precision == "fp32" else [],
         # Under CPU autocast the run uses the compiled attention; these variants take the flash kernel.
         "mae_flash_fp32_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
                                                                   attention_kernel="flash_fp32")]
@@ -902,7 +907,8 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     if not args.no_profile and device.type == "cpu":
         entry["profiles"] = {}
         for workload in workloads:
-            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_flash_fp32_attention",
+            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_checkpointed",
+                 "mae_flash_fp32_attention",
                                 "mae_flash_attention"):
                 log(f"profiling {workload.label}")
                 entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)

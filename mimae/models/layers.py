@@ -171,11 +171,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             if compiled_attention_works():
                 return compiled_attention(q, k, v)
         if kernel != "flash":
-            # A boolean mask selects keys, and any other mask is added to the scores.
-            mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-            return out.to(q.dtype)
+            return flash_fp32_attention(q, k, v, attn_mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
@@ -186,11 +182,18 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 
 _compiled_explicit_attention = None
 _compiled_attention_status: bool | None = None
+_compiled_keys: set[tuple] = set()
 
 # Score bytes per call of the compiled attention. With the scores of a call within the
 # last-level cache (32 MiB on the benchmark machine), the four-view decoder's attention
-# (32 x 16 heads x 197 x 197) ran in about 40 ms against 70 ms in one call.
-COMPILED_SCORE_BYTES = 16 << 20
+# (32 x 16 heads x 197 x 197) ran in about 40 ms in chunks of 3 to 8 images against 70 ms
+# in one call.
+COMPILED_SCORE_BYTES = 24 << 20
+# torch.compile specializes the attention to each input layout (shapes, strides, grad
+# mode). Dynamo stops compiling a function after torch._dynamo.config.recompile_limit
+# layouts (8 in torch 2.14) and then runs it uncompiled, which is slower than the flash
+# kernel. Layouts beyond this count, the trial's included, take the float32 flash kernel.
+COMPILED_LAYOUTS_MAX = 7
 
 
 def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -202,16 +205,45 @@ def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     encoder and decoder shapes (docs/benchmarks.md). Queries, keys and the attention
     weights enter their products in the input dtype, as in an uncompiled attention under
     autocast, so the result is less precise than the float32 flash kernel's.
+
+    The graph is compiled for fixed shapes, once per input layout. After
+    ``COMPILED_LAYOUTS_MAX`` layouts, new ones run :func:`flash_fp32_attention`.
     """
     global _compiled_explicit_attention
     if _compiled_explicit_attention is None:
-        _compiled_explicit_attention = torch.compile(_explicit_attention)
+        _compiled_explicit_attention = torch.compile(_explicit_attention, dynamic=False)
     batch, heads, length, _ = q.shape
-    rows = max(1, COMPILED_SCORE_BYTES // max(1, heads * length * k.shape[-2] * 4))
-    if rows >= batch:
+    rows = _chunk_rows(batch, max(1, COMPILED_SCORE_BYTES // max(1, heads * length * k.shape[-2] * 4)))
+    chunks = list(zip(q.split(rows), k.split(rows), v.split(rows)))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    layouts = {(tuple((t.shape, t.stride(), t.requires_grad) for t in chunk), grad) for chunk in chunks}
+    if len(_compiled_keys | layouts) > COMPILED_LAYOUTS_MAX:
+        return flash_fp32_attention(q, k, v)
+    _compiled_keys.update(layouts)
+    if len(chunks) == 1:
         return _compiled_explicit_attention(q, k, v)
-    chunks = zip(q.split(rows), k.split(rows), v.split(rows))
     return torch.cat([_compiled_explicit_attention(*chunk) for chunk in chunks])
+
+
+def _chunk_rows(batch: int, most: int) -> int:
+    """Return the rows per chunk: all of ``batch`` if it fits in ``most``, else the largest
+    divisor of ``batch`` up to ``most`` (equal chunks need one compiled shape), or ``most``
+    when that divisor is under half of it."""
+    if batch <= most:
+        return batch
+    divisor = max(d for d in range(1, most + 1) if batch % d == 0)
+    return divisor if 2 * divisor >= most else most
+
+
+def flash_fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the flash kernel on float32 copies of 16-bit inputs, with autocast off, and cast
+    the output back to the input dtype."""
+    # A boolean mask selects keys, and any other mask is added to the scores.
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.float()
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    return out.to(q.dtype)
 
 
 def compiled_attention_works() -> bool:

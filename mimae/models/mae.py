@@ -35,7 +35,12 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid_hw: tuple[int, int])
 
 @MODELS.register_module()
 class MAEDecoder(nn.Module):
-    """Lightweight transformer that predicts the pixels of every patch from the visible latent."""
+    """Lightweight transformer that predicts the pixels of every patch from the visible latent.
+
+    ``with_cp=True`` checkpoints the activations of each block and recomputes them in the
+    backward pass. The decoder runs on all ``1 + L`` tokens, so at the MAE recipe sizes its
+    activations are larger than the encoder's.
+    """
 
     def __init__(
         self,
@@ -47,9 +52,11 @@ class MAEDecoder(nn.Module):
         patch_size: int = 16,
         in_chans: int = 3,
         grid_size: tuple[int, int] = (14, 14),
+        with_cp: bool = False,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
+        self.with_cp = with_cp
         self.grid_size = tuple(grid_size)
         self.embed = Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -81,7 +88,7 @@ class MAEDecoder(nn.Module):
         full = self.mask_token.to(dtype).expand(batch, 1 + num_patches, -1).clone()
         full.scatter_(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), x.to(dtype))
         x = full.add_(pos_embed)
-        x = self.norm(run_blocks(self.blocks, x))
+        x = self.norm(run_blocks(self.blocks, x, self.with_cp))
         return self.pred(x[:, 1:])
 
 
