@@ -791,7 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_checkpointed",
-                 "mae_flash_fp32_attention", "mae_flash_attention", "mmpretrain_mae", "timm_encoder", "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
+                 "mae_flash_fp32_attention", "mae_flash_attention", "mmpretrain_mae", "timm_encoder",
+                 "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
 
 def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
@@ -907,9 +908,7 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
     if not args.no_profile and device.type == "cpu":
         entry["profiles"] = {}
         for workload in workloads:
-            if workload.key in ("mae", "mae_default_adamw", "mae_mkl_linear", "mae_checkpointed",
-                 "mae_flash_fp32_attention",
-                                "mae_flash_attention"):
+            if workload.key.startswith("mae"):
                 log(f"profiling {workload.label}")
                 entry["profiles"][workload.key] = profile_breakdown(workload, workload.flops_by_op)
     log("done")
