@@ -149,7 +149,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Run attention with ``F.scaled_dot_product_attention``, or on the CPU under autocast
     with the kernel that ``Attention.cpu_autocast_kernel`` names.
 
-    PyTorch's CPU flash-attention kernel ran 1.3 to 2.8 times slower on bfloat16 inputs than
+    PyTorch's CPU flash-attention kernel ran 1.4 to 3 times slower on bfloat16 inputs than
     on float32 ones for the MAE encoder and decoder shapes on an AVX-512 CPU
     (docs/benchmarks.md). Under CPU autocast with 16-bit inputs the kernel setting applies:
 
