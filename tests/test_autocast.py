@@ -331,7 +331,7 @@ def test_compiled_attention_falls_back_when_compile_fails(monkeypatch) -> None:
     monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
     module, run = attention_cases()["plain"]
     x = torch.randn(2, 16, 64)
-    with pytest.warns(UserWarning, match="torch.compile failed .RuntimeError: no C.. compiler found"):
+    with pytest.warns(UserWarning, match="failed its trial .RuntimeError: no C.. compiler found"):
         with bf16_autocast(), OpRecorder() as forward:
             out = run(module, x)
     flash = forward.ops(FLASH_OPS)
@@ -401,12 +401,13 @@ def test_boolean_mask_selects_keys_under_autocast() -> None:
     torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
 
 
-@pytest.mark.parametrize("batch, most, rows", [(8, 9, 8), (32, 9, 8), (8, 6, 4), (7, 6, 6), (13, 5, 5), (32, 1, 1)])
-def test_compiled_attention_chunk_rows(batch: int, most: int, rows: int) -> None:
+@pytest.mark.parametrize("batch, max_rows, rows",
+                         [(8, 9, 8), (32, 9, 8), (8, 6, 4), (7, 6, 6), (13, 5, 5), (32, 1, 1)])
+def test_compiled_attention_chunk_rows(batch: int, max_rows: int, rows: int) -> None:
     """Chunks are equal where a divisor of the batch is at least half the row limit."""
     from mimae.models.layers import _chunk_rows
 
-    assert _chunk_rows(batch, most) == rows
+    assert _chunk_rows(batch, max_rows) == rows
 
 
 def test_compiled_layouts_beyond_limit_take_flash(monkeypatch) -> None:
@@ -436,3 +437,72 @@ def test_compiled_layouts_beyond_limit_take_flash(monkeypatch) -> None:
     assert len(layers._compiled_keys) == 1
     reference = F.scaled_dot_product_attention(*(t.float() for t in second))
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_compiled_trial_under_no_grad(mode: str, monkeypatch) -> None:
+    """A first call under no_grad or inference mode still runs the full trial, which passes."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(layers, "_compiled_attention_status", None)
+    monkeypatch.setattr(layers, "_compiled_keys", set())
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+    context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
+    q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with context, bf16_autocast():
+            out = layers.attend(q, k, v)
+    assert layers._compiled_attention_status is True
+    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_compiled_trial_keeps_global_random_stream(monkeypatch) -> None:
+    from mimae.models import layers
+
+    monkeypatch.setattr(layers, "_compiled_attention_status", None)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    layers.compiled_attention_works()
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_compiled_layouts_count_grad_and_inference_modes(monkeypatch) -> None:
+    """Grad mode and inference mode each give a separate compiled layout, as dynamo guards on them."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(layers, "_compiled_keys", set())
+    q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16) for _ in range(3))
+    with bf16_autocast():
+        layers.compiled_attention(q, k, v)  # grad mode on, no input requires grad
+        with torch.no_grad():
+            layers.compiled_attention(q, k, v)
+        with torch.inference_mode():
+            layers.compiled_attention(q, k, v)
+    assert len(layers._compiled_keys) == 3
+
+
+def test_compiled_kernel_takes_flash_for_other_ranks(monkeypatch) -> None:
+    """Inputs that are not 4-D, or whose batch sizes differ, run as with ``"flash_fp32"``."""
+    monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+    from mimae.models.layers import attend
+
+    cases = [tuple(torch.randn(3, 8, 16, dtype=torch.bfloat16) for _ in range(3)),
+             (torch.randn(2, 2, 8, 16, dtype=torch.bfloat16),
+              torch.randn(1, 2, 8, 16, dtype=torch.bfloat16), torch.randn(1, 2, 8, 16, dtype=torch.bfloat16))]
+    for q, k, v in cases:
+        with bf16_autocast(), OpRecorder() as forward:
+            out = attend(q, k, v)
+        monkeypatch.setattr(Attention, "cpu_autocast_kernel", "flash_fp32")
+        with bf16_autocast(), OpRecorder() as flash_fp32:
+            attend(q, k, v)
+        monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
+        assert forward.calls == flash_fp32.calls
+        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)

@@ -74,7 +74,7 @@ def test_benchmark_quick_bf16_attention_kernels(tmp_path):
                "--out", str(out)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=580)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "torch.compile failed" not in result.stdout + result.stderr
+    assert "failed its trial" not in result.stdout + result.stderr
     entry = json.loads(out.read_text())["precisions"]["bf16"]
     results = entry["results"]
     assert {"mae", "mae_flash_fp32_attention", "mae_flash_attention"} <= set(results)

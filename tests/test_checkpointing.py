@@ -55,3 +55,24 @@ def test_checkpointing_saves_fewer_activations(part: str) -> None:
     getattr(model, part).with_cp = True
     after = saved_bytes(model, images)
     assert after < 0.8 * before, (part, before, after)
+
+
+def test_checkpointing_with_compiled_attention(monkeypatch) -> None:
+    """Under bf16 autocast with the compiled attention, whose one-time trial then runs inside
+    a checkpointed block, checkpointing keeps the loss and the gradients."""
+    from mimae.models import layers
+
+    if not layers.compiled_attention_works():
+        pytest.skip("torch.compile does not work on this machine")
+    monkeypatch.setattr(layers.Attention, "cpu_autocast_kernel", "compiled")
+    monkeypatch.setattr(layers, "_compiled_attention_status", None)
+    images = torch.randn(2, 3, 32, 32)
+    results = []
+    for with_cp in (True, False):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_and_grads(tiny_mimae(with_cp), images))
+    (cp_loss, cp_grads), (plain_loss, plain_grads) = results
+    assert layers._compiled_attention_status is True
+    assert torch.equal(cp_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(cp_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -893,7 +893,7 @@ def measure_precision(args, arch: Arch, device: torch.device, precision: str, mm
 
     if precision == "bf16" and device.type == "cpu" and args.cpu_attention == "compiled":
         log("compiling the attention" if compiled_attention_works() else
-            "torch.compile failed, so the compiled attention runs the float32 flash kernel")
+            "the compiled attention failed its trial, so attention runs the float32 flash kernel")
     log("building workloads and counting FLOPs")
     workloads = build_workloads(args, arch, device, precision, mmpretrain_version is not None)
     for workload in workloads:

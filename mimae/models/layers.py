@@ -5,6 +5,7 @@ Parameter names follow timm and the official MAE code (``attn.qkv``, ``mlp.fc1``
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from functools import partial
 
@@ -165,7 +166,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         kernel = Attention.cpu_autocast_kernel
         if kernel not in CPU_AUTOCAST_KERNELS:
             raise ValueError(f"Attention.cpu_autocast_kernel is {kernel!r}; use one of {CPU_AUTOCAST_KERNELS}")
-        if kernel == "compiled" and attn_mask is None and q.dtype == torch.bfloat16:
+        if (kernel == "compiled" and attn_mask is None and q.dtype == torch.bfloat16 and q.dim() == 4
+                and q.shape[0] == k.shape[0] == v.shape[0]):
             if torch.compiler.is_compiling():
                 return _explicit_attention(q, k, v)  # part of a graph that torch.compile is building
             if compiled_attention_works():
@@ -183,14 +185,15 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 _compiled_explicit_attention = None
 _compiled_attention_status: bool | None = None
 _compiled_keys: set[tuple] = set()
+_compiled_lock = threading.Lock()
+_trial_lock = threading.Lock()
 
-# Score bytes per call of the compiled attention. With the scores of a call within the
-# last-level cache (32 MiB on the benchmark machine), the four-view decoder's attention
-# (32 x 16 heads x 197 x 197) ran in about 40 ms in chunks of 3 to 8 images against 70 ms
-# in one call.
+# Score bytes per call of the compiled attention, so that they stay in the last-level
+# cache (32 MiB on the benchmark machine). The four-view decoder's attention
+# (32 x 16 heads x 197 x 197) took about 40 ms in chunks of 3 to 8 images and 70 ms in one call.
 COMPILED_SCORE_BYTES = 24 << 20
 # torch.compile specializes the attention to each input layout (shapes, strides, grad
-# mode). Dynamo stops compiling a function after torch._dynamo.config.recompile_limit
+# and inference modes). Dynamo stops compiling a function after torch._dynamo.config.recompile_limit
 # layouts (8 in torch 2.14) and then runs it uncompiled, which is slower than the flash
 # kernel. Layouts beyond this count, the trial's included, take the float32 flash kernel.
 COMPILED_LAYOUTS_MAX = 7
@@ -215,24 +218,27 @@ def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     batch, heads, length, _ = q.shape
     rows = _chunk_rows(batch, max(1, COMPILED_SCORE_BYTES // max(1, heads * length * k.shape[-2] * 4)))
     chunks = list(zip(q.split(rows), k.split(rows), v.split(rows)))
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    layouts = {(tuple((t.shape, t.stride(), t.requires_grad) for t in chunk), grad) for chunk in chunks}
-    if len(_compiled_keys | layouts) > COMPILED_LAYOUTS_MAX:
-        return flash_fp32_attention(q, k, v)
-    _compiled_keys.update(layouts)
+    # Dynamo also guards on the grad mode and on the dispatch keys that inference mode drops.
+    state = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    layouts = {(tuple((t.shape, t.stride(), t.requires_grad, t.is_inference()) for t in chunk), state)
+               for chunk in chunks}
+    with _compiled_lock:
+        if len(_compiled_keys | layouts) > COMPILED_LAYOUTS_MAX:
+            return flash_fp32_attention(q, k, v)
+        _compiled_keys.update(layouts)
     if len(chunks) == 1:
         return _compiled_explicit_attention(q, k, v)
     return torch.cat([_compiled_explicit_attention(*chunk) for chunk in chunks])
 
 
-def _chunk_rows(batch: int, most: int) -> int:
-    """Return the rows per chunk: all of ``batch`` if it fits in ``most``, else the largest
-    divisor of ``batch`` up to ``most`` (equal chunks need one compiled shape), or ``most``
-    when that divisor is under half of it."""
-    if batch <= most:
+def _chunk_rows(batch: int, max_rows: int) -> int:
+    """Return the rows per chunk: all of ``batch`` if it fits in ``max_rows``, else the
+    largest divisor of ``batch`` up to ``max_rows`` (equal chunks need one compiled shape),
+    or ``max_rows`` when that divisor is under half of it."""
+    if batch <= max_rows:
         return batch
-    divisor = max(d for d in range(1, most + 1) if batch % d == 0)
-    return divisor if 2 * divisor >= most else most
+    divisor = max(d for d in range(1, max_rows + 1) if batch % d == 0)
+    return divisor if 2 * divisor >= max_rows else max_rows
 
 
 def flash_fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -250,23 +256,37 @@ def compiled_attention_works() -> bool:
     """Return whether :func:`compiled_attention` compiles and runs, trying it once per process.
 
     ``torch.compile`` needs a C++ compiler on the CPU. When the trial fails, a warning
-    names the error and ``attend`` takes the ``"flash_fp32"`` kernel instead.
+    names the error and ``attend`` takes the ``"flash_fp32"`` kernel instead. The trial
+    runs forward and backward whatever the caller's grad mode, inference mode and
+    saved-tensor hooks (activation checkpointing), and draws its inputs from its own
+    generator, so the global random stream stays as it was.
     """
     global _compiled_attention_status
-    if _compiled_attention_status is None:
-        try:
-            q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-            with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                out = compiled_attention(q, k, v)
-            out.float().sum().backward()
-            _compiled_attention_status = True
-        except Exception as error:  # torch.compile raises many error types
-            warnings.warn(f"Attention.cpu_autocast_kernel='compiled' is set, but torch.compile failed "
-                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                          "attention runs the float32 flash kernel instead. torch.compile needs a working "
-                          "C++ compiler on the CPU", stacklevel=2)
-            _compiled_attention_status = False
+    if _compiled_attention_status is not None:
+        return _compiled_attention_status
+    with _trial_lock:  # one trial and at most one warning, also with several threads
+        if _compiled_attention_status is None:
+            _compiled_attention_status = _try_compiled_attention()
     return _compiled_attention_status
+
+
+def _try_compiled_attention() -> bool:
+    try:
+        generator = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(2, 2, 8, 8, generator=generator).to(torch.bfloat16).requires_grad_()
+                   for _ in range(3))
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
+              torch.autocast("cpu", dtype=torch.bfloat16)):
+            out = compiled_attention(q, k, v)
+            out.float().sum().backward()
+        return True
+    except Exception as error:  # torch.compile raises many error types
+        message = str(error).splitlines()[0] if str(error) else ""
+        warnings.warn(f"Attention.cpu_autocast_kernel='compiled' is set, but the compiled attention failed "
+                      f"its trial ({type(error).__name__}: {message}); attention runs the float32 flash "
+                      "kernel instead. On the CPU torch.compile needs a working C++ compiler", stacklevel=3)
+        return False
 
 
 class Attention(nn.Module):
