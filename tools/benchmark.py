@@ -96,6 +96,7 @@ class Workload:
     flops: int = 0
     flops_by_op: dict[str, int] = field(default_factory=dict)
     peak_bytes: int | None = None
+    parts: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,25 +184,14 @@ def backward_step(model: nn.Module, forward: Callable[[], tuple[torch.Tensor, ..
     return step
 
 
-def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision,
-                         fused_adamw: bool = True, onednn_linear: bool = True,
-                         attention_kernel: str | None = None, with_cp: bool = False) -> Workload:
-    """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) training step.
-
-    The optimizer is the fused AdamW kernel, as mimae's recipes build it; ``fused_adamw=False``
-    selects torch's default kernel. ``onednn_linear=False`` runs every ``mimae`` linear
-    layer through ``F.linear`` (MKL on the CPU) instead of its oneDNN path.
-    ``attention_kernel`` sets ``Attention.cpu_autocast_kernel`` for the step instead of the
-    run's setting (``--cpu-attention``). ``with_cp=True`` checkpoints the activations of
-    every encoder and decoder block.
-    """
+def build_mimae_model(kind: str, arch: Arch, views: int, device) -> tuple[nn.Module, str]:
+    """Build an MAE (``kind='mae'``), N-mask control (``'control'``) or MI-MAE (``'mimae'``) model and its label."""
     from mimae.models import MAE, MIMAE
 
     torch.manual_seed(0)
     encoder = dict(img_size=arch.img_size, patch_size=arch.patch_size, embed_dim=arch.embed_dim,
-                   depth=arch.depth, num_heads=arch.num_heads, with_cp=with_cp)
-    decoder = dict(embed_dim=arch.decoder_dim, depth=arch.decoder_depth, num_heads=arch.decoder_heads,
-                   with_cp=with_cp)
+                   depth=arch.depth, num_heads=arch.num_heads)
+    decoder = dict(embed_dim=arch.decoder_dim, depth=arch.decoder_depth, num_heads=arch.decoder_heads)
     if kind == "mae":
         model = MAE(encoder=encoder, decoder=decoder, mask_ratio=0.75, num_views=1)
         label = "mimae MAE"
@@ -214,20 +204,67 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
                       mi_max=dict(type="InfoNCE", hidden_dim=arch.head_hidden, proj_dim=arch.head_out),
                       mi_min=dict(type="CLUB", hidden_dim=arch.club_hidden))
         label = f"mimae MI-MAE (N={views})"
-    model = model.to(device).train()
+    return model.to(device).train(), label
+
+
+def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, precision) -> Workload:
+    """Build the training step of an MAE, N-mask control or MI-MAE model (see :func:`build_mimae_model`).
+
+    The optimizer is the fused AdamW kernel, as mimae's recipes build it. The workload keeps
+    its model, images and fused step as ``parts`` for :func:`mae_variant`.
+    """
+    model, label = build_mimae_model(kind, arch, views, device)
     images = torch.randn(batch, 3, arch.img_size, arch.img_size, device=device)
-    step = training_step(model, lambda: model.loss(images), device, precision, fused_adamw)
-    if not onednn_linear:
-        return Workload(f"{kind}_mkl_linear", f"{label}, F.linear (no oneDNN path)", batch,
-                        with_class_setting(step, "Linear", "use_onednn", False))
-    if with_cp:
-        return Workload(f"{kind}_checkpointed", f"{label}, activation checkpointing", batch, step)
-    if attention_kernel is not None:
-        return Workload(f"{kind}_{attention_kernel}_attention", f"{label}, {ATTENTION_LABELS[attention_kernel]}",
-                        batch, with_class_setting(step, "Attention", "cpu_autocast_kernel", attention_kernel))
-    if not fused_adamw:
-        return Workload(f"{kind}_default_adamw", f"{label}, default AdamW", batch, step)
-    return Workload(kind, label, batch, step)
+    step = training_step(model, lambda: model.loss(images), device, precision, fused_adamw=True)
+    workload = Workload(kind, label, batch, step)
+    workload.parts = dict(model=model, images=images, precision=precision, device=device)
+    return workload
+
+
+def mae_variant(base: Workload, variant: str) -> Workload:
+    """Return a variant of the MAE step ``base`` that shares its model and images.
+
+    ``default_adamw`` runs torch's default AdamW kernel (its own optimizer state),
+    ``mkl_linear`` every ``mimae`` linear layer through ``F.linear`` (MKL on the CPU)
+    instead of its oneDNN path, ``checkpointed`` activation checkpointing in every encoder
+    and decoder block, and ``flash_fp32_attention`` and ``flash_attention`` that setting of
+    ``Attention.cpu_autocast_kernel`` instead of the run's (``--cpu-attention``). Sharing
+    the model keeps one copy of the ViT-B parameters and AdamW state: a copy for each
+    variant put the benchmark process near the 24 GB of the benchmark machine.
+    """
+    model, images = base.parts["model"], base.parts["images"]
+    key, label, step = f"{base.key}_{variant}", base.label, base.step
+    if variant == "default_adamw":
+        step = training_step(model, lambda: model.loss(images), base.parts["device"], base.parts["precision"],
+                             fused_adamw=False)
+        label += ", default AdamW"
+    elif variant == "mkl_linear":
+        step = with_class_setting(step, "Linear", "use_onednn", False)
+        label += ", F.linear (no oneDNN path)"
+    elif variant == "checkpointed":
+        step = with_module_setting(step, [model.encoder, model.decoder], "with_cp", True)
+        label += ", activation checkpointing"
+    else:
+        kernel = variant.removesuffix("_attention")
+        step = with_class_setting(step, "Attention", "cpu_autocast_kernel", kernel)
+        label += f", {ATTENTION_LABELS[kernel]}"
+    return Workload(key, label, base.images, step)
+
+
+def with_module_setting(step: Callable[[], None], modules: list[nn.Module], attribute: str,
+                        value) -> Callable[[], None]:
+    """Return ``step`` run with ``attribute`` of each of ``modules`` set to ``value``."""
+    def run() -> None:
+        saved = [getattr(module, attribute) for module in modules]
+        for module in modules:
+            setattr(module, attribute, value)
+        try:
+            step()
+        finally:
+            for module, old in zip(modules, saved):
+                setattr(module, attribute, old)
+
+    return run
 
 
 ATTENTION_LABELS = dict(compiled="compiled attention", flash_fp32="float32 flash attention",
@@ -798,24 +835,25 @@ WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear
 def build_workloads(args, arch: Arch, device: torch.device, precision: str, with_mmpretrain: bool) -> list[Workload]:
     """Build the workloads named by ``args.only`` (all by default) in the order of ``WORKLOAD_KEYS``."""
     batch, views = args.batch_size, args.views
+    cpu_bf16 = precision == "bf16" and device.type == "cpu"
+    built = {}
+
+    def mae_base() -> Workload:
+        if "mae" not in built:
+            built["mae"] = build_mimae_pretrain("mae", arch, batch, views, device, precision)
+        return built["mae"]
+
     builders = {
-        "mae": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision)],
+        "mae": lambda: [mae_base()],
         "control": lambda: [build_mimae_pretrain("control", arch, batch, views, device, precision)],
         "mimae": lambda: [build_mimae_pretrain("mimae", arch, batch, views, device, precision)],
-        "mae_default_adamw": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                           fused_adamw=False)],
+        "mae_default_adamw": lambda: [mae_variant(mae_base(), "default_adamw")],
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
-        "mae_mkl_linear": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                        onednn_linear=False)] if precision == "fp32" else [],
-        "mae_checkpointed": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                          with_cp=True)] if precision == "fp32" else [],
+        "mae_mkl_linear": lambda: [mae_variant(mae_base(), "mkl_linear")] if precision == "fp32" else [],
+        "mae_checkpointed": lambda: [mae_variant(mae_base(), "checkpointed")] if precision == "fp32" else [],
         # Under CPU autocast the run uses the compiled attention; these variants take the flash kernel.
-        "mae_flash_fp32_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                                  attention_kernel="flash_fp32")]
-        if precision == "bf16" and device.type == "cpu" else [],
-        "mae_flash_attention": lambda: [build_mimae_pretrain("mae", arch, batch, views, device, precision,
-                                                             attention_kernel="flash")]
-        if precision == "bf16" and device.type == "cpu" else [],
+        "mae_flash_fp32_attention": lambda: [mae_variant(mae_base(), "flash_fp32_attention")] if cpu_bf16 else [],
+        "mae_flash_attention": lambda: [mae_variant(mae_base(), "flash_attention")] if cpu_bf16 else [],
         "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],
         "timm_encoder": lambda: [build_encoder("timm", arch, batch, device, precision)],
         "mimae_encoder": lambda: [build_encoder("mimae", arch, batch, device, precision)],
