@@ -296,7 +296,7 @@ def test_compiled_attention_close_to_float32(monkeypatch) -> None:
     torch.testing.assert_close(grad, x.grad, atol=5e-2, rtol=5e-2)
 
 
-def test_compiled_attention_chunks_match_one_call(monkeypatch) -> None:
+def test_chunks_match_one_call(monkeypatch) -> None:
     """Splitting the batch to keep the scores within ``COMPILED_SCORE_BYTES`` changes nothing
     beyond bf16 rounding, in the output and in the gradients."""
     from mimae.models import layers
@@ -317,7 +317,7 @@ def test_compiled_attention_chunks_match_one_call(monkeypatch) -> None:
         torch.testing.assert_close(chunked.float(), whole.float(), atol=2e-2, rtol=2e-2)
 
 
-def test_compiled_attention_falls_back_when_compile_fails(monkeypatch) -> None:
+def test_compile_failure_falls_back(monkeypatch) -> None:
     """Without a working torch.compile, ``"compiled"`` warns once, naming the error, and runs
     the float32 flash kernel."""
     from mimae.models import layers
@@ -410,14 +410,14 @@ def test_compiled_attention_chunk_rows(batch: int, max_rows: int, rows: int) -> 
     assert _chunk_rows(batch, max_rows) == rows
 
 
-def test_compiled_layouts_beyond_limit_take_flash(monkeypatch) -> None:
+def test_layouts_beyond_limit_take_flash(monkeypatch) -> None:
     """Once ``COMPILED_LAYOUTS_MAX`` input layouts are compiled, a new layout runs the float32
     flash kernel instead of a further compilation."""
     from mimae.models import layers
 
     if not layers.compiled_attention_works():
         pytest.skip("torch.compile does not work on this machine")
-    monkeypatch.setattr(layers, "_compiled_keys", set())
+    monkeypatch.setattr(layers, "_compiled_layouts", set())
     monkeypatch.setattr(layers, "COMPILED_LAYOUTS_MAX", 1)
     monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
     torch.manual_seed(0)
@@ -434,7 +434,7 @@ def test_compiled_layouts_beyond_limit_take_flash(monkeypatch) -> None:
     flash = beyond.ops(FLASH_OPS)
     assert flash and all(dtype == torch.float32 for _, inputs, _ in flash for dtype in inputs[:3])
     assert not again.ops(FLASH_OPS)
-    assert len(layers._compiled_keys) == 1
+    assert len(layers._compiled_layouts) == 1
     reference = F.scaled_dot_product_attention(*(t.float() for t in second))
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
 
@@ -447,7 +447,7 @@ def test_compiled_trial_under_no_grad(mode: str, monkeypatch) -> None:
     if not layers.compiled_attention_works():
         pytest.skip("torch.compile does not work on this machine")
     monkeypatch.setattr(layers, "_compiled_attention_status", None)
-    monkeypatch.setattr(layers, "_compiled_keys", set())
+    monkeypatch.setattr(layers, "_compiled_layouts", set())
     monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16) for _ in range(3))
@@ -460,7 +460,7 @@ def test_compiled_trial_under_no_grad(mode: str, monkeypatch) -> None:
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
 
 
-def test_compiled_trial_keeps_global_random_stream(monkeypatch) -> None:
+def test_trial_keeps_global_rng(monkeypatch) -> None:
     from mimae.models import layers
 
     monkeypatch.setattr(layers, "_compiled_attention_status", None)
@@ -471,13 +471,13 @@ def test_compiled_trial_keeps_global_random_stream(monkeypatch) -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_compiled_layouts_count_grad_and_inference_modes(monkeypatch) -> None:
+def test_layouts_count_grad_modes(monkeypatch) -> None:
     """Grad mode and inference mode each give a separate compiled layout, as dynamo guards on them."""
     from mimae.models import layers
 
     if not layers.compiled_attention_works():
         pytest.skip("torch.compile does not work on this machine")
-    monkeypatch.setattr(layers, "_compiled_keys", set())
+    monkeypatch.setattr(layers, "_compiled_layouts", set())
     q, k, v = (torch.randn(2, 2, 8, 8, dtype=torch.bfloat16) for _ in range(3))
     with bf16_autocast():
         layers.compiled_attention(q, k, v)  # grad mode on, no input requires grad
@@ -485,10 +485,10 @@ def test_compiled_layouts_count_grad_and_inference_modes(monkeypatch) -> None:
             layers.compiled_attention(q, k, v)
         with torch.inference_mode():
             layers.compiled_attention(q, k, v)
-    assert len(layers._compiled_keys) == 3
+    assert len(layers._compiled_layouts) == 3
 
 
-def test_compiled_kernel_takes_flash_for_other_ranks(monkeypatch) -> None:
+def test_other_ranks_take_flash_fp32(monkeypatch) -> None:
     """Inputs that are not 4-D, or whose batch sizes differ, run as with ``"flash_fp32"``."""
     monkeypatch.setattr(Attention, "cpu_autocast_kernel", "compiled")
     from mimae.models.layers import attend

@@ -79,8 +79,8 @@ def test_benchmark_quick_bf16_attention_kernels(tmp_path):
     results = entry["results"]
     assert {"mae", "mae_flash_fp32_attention", "mae_flash_attention"} <= set(results)
     assert results["mae_flash_fp32_attention"]["label"].endswith("float32 flash attention")
-    # The flash kernel's backward recomputes the scores and the counter counts that
-    # recomputation; the compiled attention keeps the weights and counts only its products.
+    # The counter counts the flash kernel's recomputed scores in its backward pass. The
+    # compiled attention keeps the weights, so only its products count.
     assert results["mae"]["gflop_per_step"] < results["mae_flash_fp32_attention"]["gflop_per_step"]
     assert results["mae_flash_attention"]["gflop_per_step"] == results["mae_flash_fp32_attention"]["gflop_per_step"]
     attention = "attention kernels, or compiled attention outside its products"

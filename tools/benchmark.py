@@ -855,7 +855,7 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
         "mae_mkl_linear": lambda: [mae_variant(mae_base(), "mkl_linear")] if precision == "fp32" else [],
         "mae_checkpointed": lambda: [mae_variant(mae_base(), "checkpointed")] if precision == "fp32" else [],
-        # Under CPU autocast the run uses the compiled attention; these variants take the flash kernel.
+        # Under CPU autocast the run uses the compiled attention, and these variants take the flash kernel.
         "mae_flash_fp32_attention": lambda: [mae_variant(mae_base(), "flash_fp32_attention")] if cpu_bf16 else [],
         "mae_flash_attention": lambda: [mae_variant(mae_base(), "flash_attention")] if cpu_bf16 else [],
         "mmpretrain_mae": lambda: [build_mmpretrain_mae(arch, batch, device, precision)] if with_mmpretrain else [],

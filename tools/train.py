@@ -19,6 +19,8 @@ from mmengine.config import Config, DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runtime import build_runner, finish_distributed, register_scope  # noqa: E402
 
+from mimae.models.layers import CPU_AUTOCAST_KERNELS, Attention  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train with an OpenMMLab config")
@@ -30,10 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: AmpOptimWrapper on a GPU, bf16 autocast (BF16OptimWrapper) on the CPU")
-    parser.add_argument("--cpu-attention", choices=["compiled", "flash_fp32", "flash"], default="compiled",
+    parser.add_argument("--cpu-attention", choices=CPU_AUTOCAST_KERNELS, default="compiled",
                         help="attention kernel under bf16 autocast with --amp on a machine without a GPU: the "
-                             "explicit attention compiled by torch.compile, the flash kernel in float32, or the "
-                             "flash kernel in bf16 (default: compiled; docs/benchmarks.md compares them)")
+                             "flash kernel in float32, the flash kernel in bf16, or the explicit attention compiled "
+                             "by torch.compile (default: compiled, the fastest in docs/benchmarks.md)")
     parser.add_argument(
         "--cfg-options", nargs="+", action=DictAction, default={},
         help="override config keys, e.g. train_cfg.max_iters=10 model.backbone.init_cfg.checkpoint=x.pth",
@@ -83,8 +85,6 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 def select_cpu_attention(args: argparse.Namespace) -> None:
     """Set the attention kernel for bf16 autocast on the CPU from ``--cpu-attention`` when ``--amp`` runs there."""
     import torch
-
-    from mimae.models.layers import Attention
 
     if args.amp and not torch.cuda.is_available():
         Attention.cpu_autocast_kernel = args.cpu_attention

@@ -165,7 +165,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             and q.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled("cpu")):
         kernel = Attention.cpu_autocast_kernel
         if kernel not in CPU_AUTOCAST_KERNELS:
-            raise ValueError(f"Attention.cpu_autocast_kernel is {kernel!r}; use one of {CPU_AUTOCAST_KERNELS}")
+            raise ValueError(f"invalid Attention.cpu_autocast_kernel {kernel!r}: expected one of {CPU_AUTOCAST_KERNELS}")
         if (kernel == "compiled" and attn_mask is None and q.dtype == torch.bfloat16 and q.dim() == 4
                 and q.shape[0] == k.shape[0] == v.shape[0]):
             if torch.compiler.is_compiling():
@@ -184,7 +184,7 @@ def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 
 _compiled_explicit_attention = None
 _compiled_attention_status: bool | None = None
-_compiled_keys: set[tuple] = set()
+_compiled_layouts: set[tuple] = set()
 _compiled_lock = threading.Lock()
 _trial_lock = threading.Lock()
 
@@ -192,10 +192,10 @@ _trial_lock = threading.Lock()
 # cache (32 MiB on the benchmark machine). The four-view decoder's attention
 # (32 x 16 heads x 197 x 197) took about 40 ms in chunks of 3 to 8 images and 70 ms in one call.
 COMPILED_SCORE_BYTES = 24 << 20
-# torch.compile specializes the attention to each input layout (shapes, strides, grad
-# and inference modes). Dynamo stops compiling a function after torch._dynamo.config.recompile_limit
-# layouts (8 in torch 2.14) and then runs it uncompiled, which is slower than the flash
-# kernel. Layouts beyond this count, the trial's included, take the float32 flash kernel.
+# torch.compile specializes the attention to each input layout: shapes, strides, grad and
+# inference modes. After torch._dynamo.config.recompile_limit layouts (8 in torch 2.14)
+# dynamo runs the function uncompiled, which is slower than the flash kernel. So layouts
+# beyond this count, the trial's included, take the float32 flash kernel.
 COMPILED_LAYOUTS_MAX = 7
 
 
@@ -223,9 +223,9 @@ def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     layouts = {(tuple((t.shape, t.stride(), t.requires_grad, t.is_inference()) for t in chunk), state)
                for chunk in chunks}
     with _compiled_lock:
-        if len(_compiled_keys | layouts) > COMPILED_LAYOUTS_MAX:
+        if len(_compiled_layouts | layouts) > COMPILED_LAYOUTS_MAX:
             return flash_fp32_attention(q, k, v)
-        _compiled_keys.update(layouts)
+        _compiled_layouts.update(layouts)
     if len(chunks) == 1:
         return _compiled_explicit_attention(q, k, v)
     return torch.cat([_compiled_explicit_attention(*chunk) for chunk in chunks])
