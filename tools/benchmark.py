@@ -227,8 +227,9 @@ def mae_variant(base: Workload, variant: str) -> Workload:
     Variants:
 
     - ``default_adamw``: torch's default AdamW kernel, with its own optimizer state.
-    - ``mkl_linear``: every ``mimae`` linear layer through ``F.linear`` (MKL on the CPU)
-      instead of its oneDNN path.
+    - ``other_linear``: every large float32 ``mimae`` linear layer on the other CPU
+      kernel than this machine's default (``Linear.use_onednn``): ``F.linear`` (MKL) on
+      AMD CPUs, the oneDNN 1 x 1 convolution elsewhere.
     - ``checkpointed``: activation checkpointing in every encoder and decoder block.
     - ``flash_fp32_attention``, ``flash_attention``: that ``Attention.cpu_autocast_kernel``
       instead of the run's (``--cpu-attention``).
@@ -242,9 +243,12 @@ def mae_variant(base: Workload, variant: str) -> Workload:
         step = training_step(model, lambda: model.loss(images), base.parts["device"], base.parts["precision"],
                              fused_adamw=False)
         label += ", default AdamW"
-    elif variant == "mkl_linear":
-        step = with_class_setting(step, "Linear", "use_onednn", False)
-        label += ", F.linear (no oneDNN path)"
+    elif variant == "other_linear":
+        from mimae.models.layers import onednn_preferred
+
+        onednn = not onednn_preferred()
+        step = with_class_setting(step, "Linear", "use_onednn", onednn)
+        label += ", linear layers as oneDNN 1x1 convolutions" if onednn else ", linear layers through F.linear (MKL)"
     elif variant == "checkpointed":
         step = with_module_setting(step, [model.encoder, model.decoder], "with_cp", True)
         label += ", activation checkpointing"
@@ -671,6 +675,11 @@ def machine_info(device: torch.device) -> dict:
     info = dict(cpu=cpu_model, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
                 torch=torch.__version__, python=platform.python_version(),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(), load_average_start=os.getloadavg())
+    if device.type == "cpu":
+        from mimae.models.layers import cpu_vendor, onednn_preferred
+
+        info["cpu_vendor"] = cpu_vendor()
+        info["float32_linear_kernel"] = "oneDNN 1x1 convolution" if onednn_preferred() else "F.linear (MKL)"
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -831,7 +840,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_mkl_linear", "mae_checkpointed",
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_other_linear", "mae_checkpointed",
                  "mae_flash_fp32_attention", "mae_flash_attention", "mmpretrain_mae", "timm_encoder",
                  "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
@@ -853,7 +862,7 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         "mimae": lambda: [build_mimae_pretrain("mimae", arch, batch, views, device, precision)],
         "mae_default_adamw": lambda: [mae_variant(mae_base(), "default_adamw")],
         # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
-        "mae_mkl_linear": lambda: [mae_variant(mae_base(), "mkl_linear")] if precision == "fp32" else [],
+        "mae_other_linear": lambda: [mae_variant(mae_base(), "other_linear")] if precision == "fp32" else [],
         "mae_checkpointed": lambda: [mae_variant(mae_base(), "checkpointed")] if precision == "fp32" else [],
         # Under CPU autocast the run uses the compiled attention, and these variants take the flash kernel.
         "mae_flash_fp32_attention": lambda: [mae_variant(mae_base(), "flash_fp32_attention")] if cpu_bf16 else [],
@@ -966,6 +975,8 @@ def print_report(report: dict) -> None:
     machine = report["machine"]
     print(f"\nmachine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch "
           f"threads, torch {machine['torch']}" + (f", {machine['gpu']}" if "gpu" in machine else ""))
+    if "float32_linear_kernel" in machine:
+        print(f"CPU vendor {machine['cpu_vendor'] or 'unknown'}: float32 linear layers run {machine['float32_linear_kernel']}")
     print(f"load average at start {machine['load_average_start']}, at end {machine.get('load_average_end', 'not recorded')}")
     for precision, entry in report["precisions"].items():
         print(f"\n### {precision}\n")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.fx  # noqa: F401  (Linear asks torch.fx whether it is tracing)
@@ -21,7 +21,11 @@ LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 class PatchEmbed(nn.Module):
-    """Split an image into non-overlapping patches and project each to ``embed_dim``."""
+    """Split an image into non-overlapping patches and project each to ``embed_dim``.
+
+    The projection is stored as a ``Conv2d`` (kernel and stride ``patch_size``), as in
+    timm and the official MAE code, so checkpoints load unchanged.
+    """
 
     def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
@@ -36,9 +40,15 @@ class PatchEmbed(nn.Module):
                 f"image size {height}x{width} is not divisible by the patch size {self.patch_size}; "
                 "resize or pad the input"
             )
-        x = self.proj(x)  # (B, C, H, W)
-        grid = (x.shape[2], x.shape[3])
-        return x.flatten(2).transpose(1, 2), grid
+        # The stride equals the kernel, so the convolution is one matrix product over
+        # flattened patches. Written as F.linear, forward and backward took 5 ms against 19 ms
+        # for the convolution under bf16 autocast on the CPU (ViT-B/16, 8 images of 224 x 224).
+        batch, chans, p = x.shape[0], x.shape[1], self.patch_size
+        grid = (height // p, width // p)
+        patches = (x.reshape(batch, chans, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5)
+                   .reshape(batch, grid[0] * grid[1], chans * p * p))  # pixel order of the kernel: (c, y, x)
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(patches, weight, self.proj.bias), grid
 
 
 def _fx_symbolic_tracing() -> bool:
@@ -47,23 +57,44 @@ def _fx_symbolic_tracing() -> bool:
     return getattr(trace, "is_fx_symbolic_tracing", trace.is_fx_tracing)()
 
 
+@cache
+def cpu_vendor() -> str:
+    """Return the CPU's ``vendor_id`` from ``/proc/cpuinfo`` ('GenuineIntel', 'AuthenticAMD'), or ''."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_preferred() -> bool:
+    """Tell whether :class:`Linear` takes its oneDNN path by default: on AMD CPUs, where MKL is slower."""
+    return cpu_vendor() == "AuthenticAMD"
+
+
 class Linear(nn.Linear):
-    """``nn.Linear`` that runs large float32 products on the CPU through oneDNN.
+    """``nn.Linear`` that can run large float32 products on the CPU through oneDNN.
 
     On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
-    convolution over a channels-last view of the input runs in oneDNN instead. For forward
-    and backward of the MAE ViT-B layer shapes on an AVX-512 CPU, oneDNN took about half of
-    MKL's time (docs/benchmarks.md). The view needs no copy of a contiguous input, and
+    convolution over a channels-last view of the input runs in oneDNN instead. MKL runs its
+    AVX-512 kernels on Intel CPUs only: for forward and backward of the MAE ViT-B layer
+    shapes, oneDNN took about half of MKL's time on an AMD EPYC CPU with AVX-512, and 1.1
+    to 1.6 times MKL's time on an Intel Xeon with AVX-512 and AMX (docs/benchmarks.md).
+    ``use_onednn`` chooses: ``None`` (default) takes oneDNN on AMD CPUs only, ``True``
+    and ``False`` force either kernel. The view needs no copy of a contiguous input, and
     parameters, state-dict keys and initialization are those of ``nn.Linear``.
 
-    ``F.linear`` runs instead for products under ``ONEDNN_MIN_MACS`` multiply-adds, for
+    ``F.linear`` always runs for products under ``ONEDNN_MIN_MACS`` multiply-adds, for
     other dtypes and devices, under autocast, with one torch thread (PyTorch then picks its
     slow reference convolution, not oneDNN), when ``torch.backends.mkldnn.enabled`` is
-    false, and under TorchScript or FX tracing. ``Linear.use_onednn = False`` turns the
-    path off.
+    false, and under TorchScript or FX tracing.
     """
 
-    use_onednn: bool = True
+    use_onednn: bool | None = None
     ONEDNN_MIN_MACS = 1 << 24  # smaller products ran slower through the convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +105,8 @@ class Linear(nn.Linear):
 
     @torch.jit.unused
     def _takes_onednn(self, x: torch.Tensor) -> bool:
-        return (self.use_onednn and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+        use_onednn = onednn_preferred() if self.use_onednn is None else self.use_onednn
+        return (use_onednn and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
                 and torch.get_num_threads() > 1 and not _fx_symbolic_tracing()
                 and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and self.weight.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] == self.in_features
