@@ -87,3 +87,27 @@ def test_benchmark_quick_bf16_attention_kernels(tmp_path):
     assert entry["profiles"]["mae"]["share_by_group"][attention] > 0
     compiled_ops = {op["op"] for op in entry["profiles"]["mae"]["top_ops"]}
     assert not any(op.startswith("aten::_scaled_dot_product") for op in compiled_ops)
+
+
+def test_gemm_fraction_is_a_target_in_fp32_only():
+    """The MAE step's share of the GEMM ceiling passes or fails in fp32; in bf16 it is reported."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    def figure(gflop: float, seconds: list[float]) -> dict:
+        median = sorted(seconds)[len(seconds) // 2]
+        return dict(gflop_per_step=gflop, seconds_all=seconds, seconds_per_step=median, gflops_per_s=gflop / median)
+
+    results = {"mae": figure(470.0, [2.0, 2.1, 1.9]), "gemm_mm": figure(17.0, [0.05, 0.05, 0.05]),
+               "gemm_conv1x1": figure(17.0, [0.06, 0.06, 0.06])}
+    fraction = (470.0 / 2.0) / (17.0 / 0.05)
+    for precision, passed in (("fp32", True), ("bf16", None)):
+        targets = {t["target"]: t for t in benchmark.evaluate_targets(results, 4, {}, precision)}
+        gemm = targets["MAE step FLOP/s / best GEMM FLOP/s"]
+        assert gemm["value"] == pytest.approx(fraction)
+        assert gemm["passed"] is passed and gemm["reported_only"] is (precision == "bf16")
+        assert gemm["rounds_passing"] == 3
+    slow = dict(results, mae=figure(470.0, [4.0, 4.0, 4.0]))
+    targets = {t["target"]: t for t in benchmark.evaluate_targets(slow, 4, {}, "fp32")}
+    assert targets["MAE step FLOP/s / best GEMM FLOP/s"]["passed"] is False
+    assert "reported (fp32 target)" in benchmark.format_targets(benchmark.evaluate_targets(results, 4, {}, "bf16"))
