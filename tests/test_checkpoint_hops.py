@@ -161,7 +161,9 @@ def test_mmpretrain_mae_matches_encoder_output() -> None:
         (expected,) = reference.backbone(image, mask=None)  # (B, 1 + L, C) after the final norm
         output = encoder(image)
 
-    torch.testing.assert_close(output, expected, rtol=0, atol=1e-6)
+    # mimae projects patches with a matrix product and mmpretrain with a convolution: the
+    # same weights, summed in another order (differences of a few 1e-6 on unit-scale outputs).
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-5)
     assert {key for key in file_state if key.startswith("neck.")} <= set(pretrained_state_dict(file_state))
 
 
