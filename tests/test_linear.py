@@ -140,7 +140,8 @@ def test_patch_embed_matches_its_convolution(autocast):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         tokens, grid = embed(x)
         expected = embed.proj(x).flatten(2).transpose(1, 2)
-    assert grid == (3, 5) and tokens.shape == (2, 15, 32)
+    assert grid == (3, 5)
+    assert tokens.shape == (2, 15, 32)
     tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tokens, expected, **tolerance)
     upstream = torch.randn(tokens.shape)
