@@ -355,7 +355,9 @@ class Attention(nn.Module):
         """Attend over ``x`` ``(B, L, C)``; ``grid_hw`` is required with relative positions."""
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, L, head_dim)
+        # Each (B, heads, L, head_dim). Splitting along dim 2 lets the backward pass stack the
+        # three gradients straight into the (B, L, 3, heads, head_dim) layout, with no extra copy.
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         bias = None
         if self.use_rel_pos:
             if grid_hw is None:
