@@ -32,6 +32,7 @@ import json
 import os
 import os.path as osp
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,7 @@ class Workload:
     images: int
     step: Callable[[], None]
     times: list[float] = field(default_factory=list)
+    page_faults: list[int] = field(default_factory=list)  # minor page faults of each timed step
     flops: int = 0
     flops_by_op: dict[str, int] = field(default_factory=dict)
     peak_bytes: int | None = None
@@ -430,16 +432,22 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_rounds(workloads: list[Workload], device, warmup: int, repeats: int) -> None:
-    """Time every workload once per round, interleaved, after ``warmup`` untimed rounds."""
+    """Time every workload once per round, interleaved, after ``warmup`` untimed rounds.
+
+    Each step also records the process's minor page faults: a step that maps its memory
+    afresh is slower than one that reuses memory already mapped.
+    """
     for round_index in range(warmup + repeats):
         for workload in workloads:
             synchronize(device)
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             workload.step()
             synchronize(device)
             elapsed = time.perf_counter() - start
             if round_index >= warmup:
                 workload.times.append(elapsed)
+                workload.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
         stage = "warm-up" if round_index < warmup else "timed"
         print(f"  round {round_index + 1}/{warmup + repeats} ({stage}) done", flush=True)
 
@@ -539,6 +547,8 @@ def summarize(workload: Workload) -> dict:
         gflop_per_step=workload.flops / 1e9,
         gflops_per_s=workload.flops / median / 1e9,
         peak_mib=workload.peak_bytes / 2**20 if workload.peak_bytes is not None else None,
+        page_faults_per_step=statistics.median(workload.page_faults) if workload.page_faults else None,
+        page_faults_all=workload.page_faults,
     )
     return summary
 
@@ -749,19 +759,21 @@ def evaluate_targets(results: dict, views: int, data_share: dict, precision: str
 
 def format_table(results: dict) -> str:
     timm = results.get("timm_encoder")
-    header = ("| workload | batch | s/step | img/s | GFLOP/step | GFLOP/s | peak MiB | s ÷ timm | GFLOP/s ÷ timm |\n"
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    header = ("| workload | batch | s/step | img/s | GFLOP/step | GFLOP/s | peak MiB | s ÷ timm | GFLOP/s ÷ timm "
+              "| page faults/step |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [header]
     for key, r in results.items():
         time_ratio = r["seconds_per_step"] / timm["seconds_per_step"] if timm else None
         rate_ratio = r["gflops_per_s"] / timm["gflops_per_s"] if timm and timm["gflops_per_s"] else None
-        rows.append("| {} | {} | {:.3f} | {} | {:.1f} | {:.1f} | {} | {} | {} |".format(
+        faults = r.get("page_faults_per_step")
+        rows.append("| {} | {} | {:.3f} | {} | {:.1f} | {:.1f} | {} | {} | {} | {} |".format(
             r["label"], r["batch"] or "-", r["seconds_per_step"],
             f"{r['images_per_s']:.2f}" if r["images_per_s"] else "-",
             r["gflop_per_step"], r["gflops_per_s"],
             f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-",
             f"{time_ratio:.3f}" if time_ratio is not None else "-",
-            f"{rate_ratio:.3f}" if rate_ratio is not None else "-"))
+            f"{rate_ratio:.3f}" if rate_ratio is not None else "-",
+            f"{faults:.0f}" if faults is not None else "-"))
     return "\n".join(rows)
 
 
