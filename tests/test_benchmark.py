@@ -27,7 +27,7 @@ def test_benchmark_quick_run_reports_figures_and_targets(tmp_path):
     for key in expected:
         assert results[key]["seconds_per_step"] > 0, key
         assert results[key]["gflop_per_step"] > 0, key
-    # The oneDNN path of Linear and the MKL path count the same products.
+    # Linear's default kernel and the other one count the same products.
     assert results["mae"]["gflop_per_step"] == pytest.approx(results["mae_other_linear"]["gflop_per_step"])
     # Checkpointing recomputes the forward pass of the blocks in the backward pass. At this
     # size the optimizer state, not the activations, sets the peak.

@@ -1,4 +1,4 @@
-"""``Linear`` computes what ``nn.Linear`` computes on either kernel, and ``PatchEmbed`` what its convolution computes."""
+"""``Linear``, ``PatchEmbed`` and ``Block`` compute what the torch layers compute, on every kernel and under FX tracing."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from mimae.models import layers
-from mimae.models.layers import Linear, Mlp, PatchEmbed
+from mimae.models.layers import Block, Linear, Mlp, PatchEmbed
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
@@ -119,6 +119,13 @@ def test_empty_input_and_wrong_width():
         assert layer(torch.randn(0, 256)).shape == (0, 768)
         with pytest.raises(RuntimeError, match="cannot be multiplied"):
             layer(torch.randn(70000, 255))
+
+
+def test_fx_tracing_of_block():
+    torch.manual_seed(0)
+    block = Block(32, 4)
+    x = torch.randn(2, 10, 32)
+    torch.testing.assert_close(torch.fx.symbolic_trace(block)(x), block(x))
 
 
 def test_scripting_and_fx_tracing():

@@ -357,7 +357,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
         # Each (B, heads, L, head_dim). Splitting along dim 2 lets the backward pass stack the
         # three gradients straight into the (B, L, 3, heads, head_dim) layout, with no extra copy.
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        q, k, v = qkv.unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         bias = None
         if self.use_rel_pos:
             if grid_hw is None:
