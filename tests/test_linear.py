@@ -1,4 +1,4 @@
-"""``Linear``, ``PatchEmbed`` and ``Block`` compute what the torch layers compute, on every kernel and under FX tracing."""
+"""``Linear`` and ``PatchEmbed`` compute what the torch layers compute, and FX and TorchScript trace the blocks."""
 from __future__ import annotations
 
 import contextlib
