@@ -90,7 +90,7 @@ def test_benchmark_quick_bf16_attention_kernels(tmp_path):
 
 
 def test_gemm_fraction_target_fp32_only():
-    """The MAE step's share of the GEMM ceiling passes or fails in fp32; in bf16 it is reported."""
+    """The MAE step's share of the GEMM ceiling passes or fails in fp32. In bf16 it is only reported."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import benchmark
 

@@ -1,4 +1,4 @@
-"""``Linear`` and ``PatchEmbed`` compute what the torch layers compute, and FX and TorchScript trace the blocks."""
+"""``Linear`` and ``PatchEmbed`` compute what the torch layers compute, FX traces ``Mlp`` and ``Block``, and TorchScript scripts ``Mlp``."""
 from __future__ import annotations
 
 import contextlib
