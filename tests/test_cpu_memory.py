@@ -62,6 +62,45 @@ def test_steps_reuse_pages_flat_memory():
     assert with_setting["rss_late"] - with_setting["rss_early"] < 0.1 * with_setting["rss_early"]
 
 
+# Allocates 2.5 GiB from a fresh heap, more than the largest positive trim threshold
+# (2**31 - 1 bytes), writes every page, frees it and prints the anonymous resident memory
+# in MiB before and after the free.
+TOP_OF_HEAP_PROBE = """
+import ctypes, json
+from mimae.engine.cpu_memory import keep_freed_memory
+assert keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) // 1024
+size = 5 << 29
+block = libc.malloc(size)
+assert block
+libc.memset(block, 1, size)
+before = rss_anon()
+libc.free(block)
+print(json.dumps(dict(before=before, after=rss_anon())))
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="the setting is glibc's")
+def test_large_free_block_stays_mapped():
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    out = subprocess.run([sys.executable, "-c", TOP_OF_HEAP_PROBE], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rss = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rss["before"] > 2500
+    # A trim would return the 2.5 GiB block to the system, and the next step would fault it in again.
+    assert rss["after"] > rss["before"] - 100
+
+
 def test_opt_out(monkeypatch):
     from mimae.engine.cpu_memory import keep_freed_memory
 

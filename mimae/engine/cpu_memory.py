@@ -7,6 +7,11 @@ page is faulted in and zeroed by the kernel. In a ViT-B step of the 4-view contr
 views) on 2 cores, GELU took 7 times and the whole step 1.6 times as long as with freed
 memory kept (docs/benchmarks.md). Serving every request from the heap and never trimming
 it lets the next step reuse the same pages.
+
+"Never" matters: with a finite trim threshold, ``free`` still returns a free block at the
+top of the heap once it exceeds the threshold. A 4-view ViT-B step frees about 2 GiB of
+activations at its end, so with the largest positive threshold (2**31 - 1 bytes) some
+benchmark runs faulted about 1.8 GiB in again in every 4-view step.
 """
 from __future__ import annotations
 
@@ -33,5 +38,6 @@ def keep_freed_memory() -> bool:
     if os.environ.get(OPT_OUT, "1") == "0" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    # mallopt returns 1 on success.
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    # mallopt returns 1 on success. glibc stores a trim threshold of -1 as the largest
+    # size_t, which turns trimming off (glibc 2.36, tests/test_cpu_memory.py).
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
