@@ -64,15 +64,20 @@ def test_steps_reuse_pages_flat_memory():
 
 # Allocates 2.5 GiB from a fresh heap, more than the largest positive trim threshold
 # (2**31 - 1 bytes), writes every page, frees it and prints the anonymous resident memory
-# in MiB before and after the free.
+# in MiB before and after the free. With "finite", the trim threshold is 2**31 - 1 bytes,
+# the value keep_freed_memory once set, so the probe shows that it can detect a trim.
 TOP_OF_HEAP_PROBE = """
-import ctypes, json
-from mimae.engine.cpu_memory import keep_freed_memory
+import ctypes, json, sys
+from mimae.engine.cpu_memory import M_TRIM_THRESHOLD, keep_freed_memory
 assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
+if sys.argv[1] == "finite":
+    assert libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
+libc.memset.restype = ctypes.c_void_p
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+libc.free.restype = None
 libc.free.argtypes = [ctypes.c_void_p]
 def rss_anon():
     for line in open("/proc/self/status"):
@@ -90,15 +95,21 @@ print(json.dumps(dict(before=before, after=rss_anon())))
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="the setting is glibc's")
-def test_large_free_block_stays_mapped():
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    out = subprocess.run([sys.executable, "-c", TOP_OF_HEAP_PROBE], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rss = json.loads(out.stdout.strip().splitlines()[-1])
-    assert rss["before"] > 2500
-    # A trim would return the 2.5 GiB block to the system, and the next step would fault it in again.
-    assert rss["after"] > rss["before"] - 100
+def test_large_free_block_stays_resident():
+    def top_of_heap(threshold: str) -> dict:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        out = subprocess.run([sys.executable, "-c", TOP_OF_HEAP_PROBE, threshold], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    finite, off = top_of_heap("finite"), top_of_heap("off")
+    # With a finite threshold the freed block goes back to the system.
+    assert finite["before"] > 2500
+    assert finite["after"] < finite["before"] - 2000
+    # With trimming off it stays, and the next step reuses its pages without faults.
+    assert off["before"] > 2500
+    assert off["after"] > off["before"] - 100
 
 
 def test_opt_out(monkeypatch):

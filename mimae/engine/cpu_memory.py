@@ -8,10 +8,15 @@ views) on 2 cores, GELU took 7 times and the whole step 1.6 times as long as wit
 memory kept (docs/benchmarks.md). Serving every request from the heap and never trimming
 it lets the next step reuse the same pages.
 
-"Never" matters: with a finite trim threshold, ``free`` still returns a free block at the
-top of the heap once it exceeds the threshold. A 4-view ViT-B step frees about 2 GiB of
-activations at its end, so with the largest positive threshold (2**31 - 1 bytes) some
-benchmark runs faulted about 1.8 GiB in again in every 4-view step.
+Trimming must be off, because with a finite trim threshold ``free`` still returns a free
+block at the top of the heap once it exceeds the threshold. A 4-view ViT-B step frees
+about 2 GiB of activations at its end. With the largest positive threshold (2**31 - 1
+bytes), one benchmark run on an AMD EPYC faulted 1.8 to 2.0 GiB in again in most of its
+4-view steps.
+
+NOTE: the settings keep memory in the main arena. glibc's arenas of other threads still
+free whole empty heaps and may map large blocks with ``mmap``. CPU autograd runs on the
+calling thread, so the large activations come from the main arena.
 """
 from __future__ import annotations
 

@@ -82,8 +82,9 @@ class Linear(nn.Linear):
     On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
     convolution over a channels-last view of the input runs in oneDNN instead. For forward
     and backward of the MAE ViT-B layer shapes, oneDNN took about half of MKL's time on an
-    AMD EPYC of family 26 (Zen 5), within 10 % of MKL's time on one of family 25 (Zen 4), and
-    1.1 to 1.6 times MKL's time on an Intel Xeon with AVX-512 and AMX (docs/benchmarks.md).
+    AMD EPYC of family 26 (Zen 5). On an AMD EPYC of family 25 (Zen 4) the two ran at about
+    the same speed (MAE step 2.91 s against 2.94 s). On an Intel Xeon with AVX-512 and AMX,
+    oneDNN took 1.1 to 1.6 times MKL's time (docs/benchmarks.md).
     ``use_onednn`` chooses: ``None`` (default) takes oneDNN on AMD CPUs only, ``True``
     and ``False`` force either kernel. The view needs no copy of a contiguous input, and
     parameters, state-dict keys and initialization are those of ``nn.Linear``.
