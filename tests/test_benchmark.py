@@ -112,3 +112,20 @@ def test_gemm_fraction_target_fp32_only():
     targets = {t["target"]: t for t in benchmark.evaluate_targets(slow, 4, {}, "fp32")}
     assert targets["MAE step FLOP/s / best GEMM FLOP/s"]["passed"] is False
     assert "reported (fp32 target)" in benchmark.format_targets(benchmark.evaluate_targets(results, 4, {}, "bf16"))
+
+
+def test_page_fault_warning_names_workloads():
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    results = {
+        "control": dict(label="mimae control", page_faults_per_step=466710.0),
+        "mae": dict(label="mimae MAE", page_faults_per_step=0.0),
+        "gemm": dict(label="torch.mm", page_faults_per_step=None),
+    }
+    warning = benchmark.format_page_fault_warning(results)
+    assert warning is not None
+    assert "mimae control (466710," in warning
+    assert "mimae MAE" not in warning
+    results["control"]["page_faults_per_step"] = 2.0
+    assert benchmark.format_page_fault_warning(results) is None

@@ -778,6 +778,25 @@ def format_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+# Median minor page faults per timed step above which the report warns. Steps that reuse
+# their memory had medians of 0 to 2 in the CPU runs of docs/benchmarks.md, and steps that
+# mapped their activations afresh had tens of thousands.
+PAGE_FAULT_WARNING = 1000
+
+
+def format_page_fault_warning(results: dict) -> str | None:
+    """Return a warning naming the workloads whose timed steps page-faulted, or None."""
+    faulting = [(r["label"], r["page_faults_per_step"]) for r in results.values()
+                if (r.get("page_faults_per_step") or 0) > PAGE_FAULT_WARNING]
+    if not faulting:
+        return None
+    page_mib = resource.getpagesize() / 2**20
+    named = ", ".join(f"{label} ({faults:.0f}, {faults * page_mib:.0f} MiB)" for label, faults in faulting)
+    return (f"warning: timed steps page-faulted (median minor faults per step): {named}. Their times include "
+            "mapping and zeroing memory anew. On glibc, check that keep_freed_memory() is in effect "
+            "(MIMAE_KEEP_FREED_MEMORY is not 0).")
+
+
 def format_targets(targets: list[dict]) -> str:
     rows = ["| target | measured | limit | result | per round: min to max | rounds passing |",
             "|---|---:|---:|---|---|---:|"]
@@ -1003,6 +1022,9 @@ def print_report(report: dict) -> None:
     for precision, entry in report["precisions"].items():
         print(f"\n### {precision}\n")
         print(format_table(entry["results"]))
+        warning = format_page_fault_warning(entry["results"])
+        if warning:
+            print(f"\n{warning}")
         print()
         print(format_targets(entry["targets"]))
         profiles = entry.get("profiles", {"mae": entry["mae_profile"]} if "mae_profile" in entry else {})
