@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,20 @@ def test_page_fault_warning_names_workloads():
     assert "mimae MAE" not in warning
     results["control"]["page_faults_per_step"] = 2.0
     assert benchmark.format_page_fault_warning(results) is None
+
+
+def test_gpu_script_arguments_parse():
+    """tools/benchmark_gpu.sh has not run on a GPU yet, so its options are checked against the CLI here."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    script = REPO_ROOT / "tools" / "benchmark_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    command = script.read_text().split('exec "$PYTHON" tools/benchmark.py', 1)[1].split('"$@"', 1)[0]
+    args = benchmark.parse_args(shlex.split(command.replace("\\\n", " ")))
+    assert args.device == "cuda"
+    assert args.batch_size == 128
+    assert args.precision == ["fp32", "bf16"]
+    assert (args.det_size, args.det_batch) == (1024, 2)
+    assert (args.seg_size, args.seg_batch) == (512, 2)
+    assert args.out == "work_dirs/benchmark/cuda.json"
