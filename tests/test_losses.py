@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from mimae.models import CLUB, MAE, MIMAE, MINE, InfoNCE
+from mimae.models.mae import masked_ids
 
 TINY_ENCODER = dict(img_size=(32, 48), patch_size=8, embed_dim=32, depth=2, num_heads=4)
 TINY_DECODER = dict(embed_dim=16, depth=1, num_heads=2)
@@ -14,7 +15,7 @@ def test_reconstruction_loss_matches_hand_computation():
     model = MAE(encoder=TINY_ENCODER, decoder=TINY_DECODER, num_views=2, mask_ratio=0.5)
     imgs = torch.randn(2, 3, 32, 48)
     views = model.encode_views(imgs)
-    loss, pred = model.reconstruction_loss(imgs, views)
+    loss, pred = model.reconstruction_loss(imgs, views, full_prediction=True)
 
     total, count = 0.0, 0
     for b in range(2):
@@ -32,6 +33,36 @@ def test_reconstruction_loss_matches_hand_computation():
                     count += 1
     assert count == 2 * 2 * 12
     assert math.isclose(loss.item(), total / count, rel_tol=1e-5)
+
+
+def test_masked_prediction_matches_full():
+    for model in (MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, depth=2), num_views=2, mask_ratio=0.5),
+                  MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, with_cp=True), num_views=1, mask_ratio=0.75)):
+        torch.manual_seed(0)
+        imgs = torch.randn(2, 3, 32, 48)
+        views = model.encode_views(imgs)
+        results = []
+        for full in (True, False):
+            model.zero_grad()
+            loss, pred = model.reconstruction_loss(imgs, views, full_prediction=full)
+            loss.backward(retain_graph=True)
+            grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+            results.append((loss, pred, grads))
+        (loss_full, pred_full, grads_full), (loss_masked, pred_masked, grads_masked) = results
+        ids = masked_ids(views["mask"], views["ids_keep"].shape[-1])
+        assert pred_masked.shape == (2, model.num_views, ids.shape[-1], pred_full.shape[-1])
+        index = ids.unsqueeze(-1).expand(-1, -1, -1, pred_full.shape[-1])
+        torch.testing.assert_close(pred_masked, pred_full.gather(2, index), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss_masked, loss_full, rtol=1e-5, atol=1e-7)
+        assert grads_masked.keys() == grads_full.keys()
+        for name in grads_full:
+            torch.testing.assert_close(grads_masked[name], grads_full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_masked_ids_ascending_per_view():
+    mask = torch.tensor([[[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]])
+    assert masked_ids(mask[:, :1], 1).tolist() == [[[0, 2, 3]]]
+    assert masked_ids(mask[:, 1:], 2).tolist() == [[[1, 2]]]
 
 
 def test_infonce_matches_hand_computation():

@@ -352,14 +352,24 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
 
-    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
-        """Attend over ``x`` ``(B, L, C)``; ``grid_hw`` is required with relative positions."""
+    def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None,
+                query_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend over ``x`` ``(B, L, C)``. ``grid_hw`` is required with relative positions.
+
+        With ``query_rows`` ``(B, M)``, only those tokens query, all tokens of ``x`` are keys
+        and values, and the output is ``(B, M, C)``.
+        """
         batch, length, dim = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim)
         # Split along dim 2, so the backward pass stacks the three gradients straight into the
         # (B, L, 3, heads, head_dim) layout without a copy. Each is then (B, heads, L, head_dim).
         q, k, v = qkv.unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if query_rows is not None:
+            if self.use_rel_pos:
+                raise ValueError("query_rows is not supported with relative position attention")
+            index = query_rows[:, None, :, None].expand(-1, self.num_heads, -1, self.head_dim)
+            q = q.gather(2, index)
         bias = None
         if self.use_rel_pos:
             if grid_hw is None:
@@ -369,7 +379,7 @@ class Attention(nn.Module):
             bias = rel_pos_bias(flat_q, self.rel_pos_h, self.rel_pos_w, grid_hw, grid_hw)
             bias = bias.reshape(batch, self.num_heads, length, length).to(q.dtype)
         x = attend(q, k, v, attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(batch, length, dim))
+        return self.proj(x.transpose(1, 2).reshape(batch, q.shape[2], dim))
 
 
 class DropPath(nn.Module):
@@ -408,6 +418,17 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid_hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Return the block's output ``(B, M, C)`` for the tokens at ``rows`` ``(B, M)`` only.
+
+        Every token of ``x`` is still a key and value, so the result equals
+        ``forward(x)`` gathered at ``rows``, for about ``M / L`` of the work after the
+        qkv projection.
+        """
+        attended = self.attn(self.norm1(x), query_rows=rows)
+        x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + self.drop_path(attended)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

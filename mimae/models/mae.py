@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
+from torch.utils.checkpoint import checkpoint
 
 from ..registry import MODELS, build_model
 from .layers import Block, LayerNorm, Linear, run_blocks
@@ -31,6 +32,16 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid_hw: tuple[int, int])
     x = patches.reshape(batch, grid_h, grid_w, patch_size, patch_size, chans)
     x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, gh, p, gw, p)
     return x.reshape(batch, chans, grid_h * patch_size, grid_w * patch_size)
+
+
+def masked_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
+    """Return the indices ``(B, N, L - K)`` of the masked patches of ``mask`` ``(B, N, L)``, ascending.
+
+    Every view masks ``L - num_visible`` patches, as :func:`make_masks` draws them.
+    """
+    # A stable descending sort puts the masked patches (1) first, each group in index order.
+    order = mask.argsort(dim=-1, descending=True, stable=True)
+    return order[..., : mask.shape[-1] - num_visible]
 
 
 @MODELS.register_module()
@@ -71,9 +82,18 @@ class MAEDecoder(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(
-        self, latent: torch.Tensor, ids_keep: torch.Tensor, grid_hw: tuple[int, int]
+        self,
+        latent: torch.Tensor,
+        ids_keep: torch.Tensor,
+        grid_hw: tuple[int, int],
+        ids_predict: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predict ``(B, L, p * p * C)`` from ``latent`` ``(B, 1 + K, D)`` and ``ids_keep`` ``(B, K)``."""
+        """Predict ``(B, L, p * p * C)`` from ``latent`` ``(B, 1 + K, D)`` and ``ids_keep`` ``(B, K)``.
+
+        With ``ids_predict`` ``(B, M)``, return the predictions ``(B, M, p * p * C)`` of
+        those patches only. They equal the full prediction at ``ids_predict``, and the last
+        block, the norm and the prediction head then run on M tokens instead of 1 + L.
+        """
         x = self.embed(latent)
         batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
         if tuple(grid_hw) == self.grid_size:
@@ -88,8 +108,17 @@ class MAEDecoder(nn.Module):
         full = self.mask_token.to(dtype).expand(batch, 1 + num_patches, -1).clone()
         full.scatter_(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), x.to(dtype))
         x = full.add_(pos_embed)
-        x = self.norm(run_blocks(self.blocks, x, self.with_cp))
-        return self.pred(x[:, 1:])
+        if ids_predict is None:
+            x = self.norm(run_blocks(self.blocks, x, self.with_cp))
+            return self.pred(x[:, 1:])
+        x = run_blocks(self.blocks[:-1], x, self.with_cp)
+        rows = ids_predict + 1  # slot 0 is the cls token
+        last = self.blocks[-1]
+        if self.with_cp and x.requires_grad:
+            x = checkpoint(last.forward_rows, x, rows, use_reentrant=False)
+        else:
+            x = last.forward_rows(x, rows)
+        return self.pred(self.norm(x))
 
 
 @MODELS.register_module()
@@ -160,16 +189,33 @@ class MAE(BaseModel):
         latent = self.encoder.forward_tokens(visible)
         return dict(latent=latent, visible_tokens=visible, ids_keep=ids_keep, mask=mask, grid=grid)
 
-    def reconstruction_loss(self, imgs: torch.Tensor, views: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the masked-patch MSE over all views and the prediction ``(B, N, L, P)``."""
+    def reconstruction_loss(
+        self, imgs: torch.Tensor, views: dict, full_prediction: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the masked-patch MSE over all views and the prediction.
+
+        The loss only reads the masked patches, so by default the decoder predicts those
+        only, and the prediction is ``(B, N, M, P)`` in the order of
+        :func:`masked_ids` ``(B, N, M)``. ``full_prediction=True`` returns ``(B, N, L, P)``
+        for every patch, with the same loss.
+        """
         batch = imgs.shape[0]
         ids_keep = views["ids_keep"].reshape(batch * self.num_views, -1)
-        pred = self.decoder(views["latent"], ids_keep, views["grid"])
-        pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
         target = self.reconstruction_target(imgs).unsqueeze(1)  # broadcast over views, no copy
-        per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N, L)
         mask = views["mask"]
-        return (per_patch * mask).sum() / mask.sum(), pred
+        ids_masked = masked_ids(mask, ids_keep.shape[-1])
+        if full_prediction or ids_masked.shape[-1] == 0:
+            pred = self.decoder(views["latent"], ids_keep, views["grid"])
+            pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
+            per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N, L)
+            return (per_patch * mask).sum() / mask.sum(), pred
+        pred = self.decoder(views["latent"], ids_keep, views["grid"], ids_masked.reshape(ids_keep.shape[0], -1))
+        pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
+        index = ids_masked.unsqueeze(-1).expand(-1, -1, -1, target.shape[-1])
+        target = target.expand(-1, self.num_views, -1, -1).gather(2, index)  # (B, N, M, P)
+        # Every view has the same number of masked patches, so the mean over all of them is
+        # the masked-patch mean of the full prediction.
+        return (pred.float() - target.float()).pow(2).mean(), pred
 
     def loss(self, inputs: torch.Tensor, data_samples=None) -> dict[str, torch.Tensor]:
         views = self.encode_views(inputs)
@@ -180,7 +226,7 @@ class MAE(BaseModel):
     def reconstruct(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return predicted patches, masks and targets for visualization."""
         views = self.encode_views(inputs)
-        _, pred = self.reconstruction_loss(inputs, views)
+        _, pred = self.reconstruction_loss(inputs, views, full_prediction=True)
         return dict(pred=pred, mask=views["mask"], target=self.reconstruction_target(inputs))
 
     def forward(self, inputs: torch.Tensor, data_samples=None, mode: str = "tensor"):
