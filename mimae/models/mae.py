@@ -49,8 +49,8 @@ class MAEDecoder(nn.Module):
     """Lightweight transformer that predicts the pixels of every patch from the visible latent.
 
     ``with_cp=True`` checkpoints the activations of each block and recomputes them in the
-    backward pass. The decoder runs on all ``1 + L`` tokens, so at the MAE recipe sizes its
-    activations are larger than the encoder's.
+    backward pass. The decoder runs on all ``1 + L`` tokens (its last block on the predicted
+    patches only), so at the MAE recipe sizes its activations are larger than the encoder's.
     """
 
     def __init__(
