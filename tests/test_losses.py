@@ -36,8 +36,14 @@ def test_reconstruction_loss_matches_hand_computation():
 
 
 def test_masked_prediction_matches_full():
-    for model in (MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, depth=2), num_views=2, mask_ratio=0.5),
-                  MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, with_cp=True), num_views=1, mask_ratio=0.75)):
+    models = (
+        MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, depth=2), num_views=2, mask_ratio=0.5),
+        MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, with_cp=True), num_views=1, mask_ratio=0.75),
+        MAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, depth=0), num_views=1, mask_ratio=0.75),
+        MIMAE(encoder=TINY_ENCODER, decoder=dict(TINY_DECODER, depth=2, with_cp=True), num_views=3,
+              mask_ratio=0.75, mask_strategy="independent"),
+    )
+    for model in models:
         torch.manual_seed(0)
         imgs = torch.randn(2, 3, 32, 48)
         views = model.encode_views(imgs)

@@ -49,8 +49,9 @@ class MAEDecoder(nn.Module):
     """Lightweight transformer that predicts the pixels of every patch from the visible latent.
 
     ``with_cp=True`` checkpoints the activations of each block and recomputes them in the
-    backward pass. The decoder runs on all ``1 + L`` tokens (its last block on the predicted
-    patches only), so at the MAE recipe sizes its activations are larger than the encoder's.
+    backward pass. The decoder runs on all ``1 + L`` tokens (in the training loss its last
+    block computes queries, projection and MLP for the masked patches only), so at the MAE
+    recipe sizes its activations are larger than the encoder's.
     """
 
     def __init__(
@@ -91,8 +92,10 @@ class MAEDecoder(nn.Module):
         """Predict ``(B, L, p * p * C)`` from ``latent`` ``(B, 1 + K, D)`` and ``ids_keep`` ``(B, K)``.
 
         With ``ids_predict`` ``(B, M)``, return the predictions ``(B, M, p * p * C)`` of
-        those patches only. They equal the full prediction at ``ids_predict``, and the last
-        block, the norm and the prediction head then run on M tokens instead of 1 + L.
+        those patches only. They equal the full prediction at ``ids_predict``. The last
+        block then computes queries, projection and MLP for M tokens instead of 1 + L (its
+        keys and values still come from all tokens), and the norm and prediction head run
+        on M tokens.
         """
         x = self.embed(latent)
         batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
@@ -111,8 +114,10 @@ class MAEDecoder(nn.Module):
         if ids_predict is None:
             x = self.norm(run_blocks(self.blocks, x, self.with_cp))
             return self.pred(x[:, 1:])
-        x = run_blocks(self.blocks[:-1], x, self.with_cp)
         rows = ids_predict + 1  # slot 0 is the cls token
+        if len(self.blocks) == 0:
+            return self.pred(self.norm(x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))))
+        x = run_blocks(self.blocks[:-1], x, self.with_cp)
         last = self.blocks[-1]
         if self.with_cp and x.requires_grad:
             x = checkpoint(last.forward_rows, x, rows, use_reentrant=False)
@@ -198,6 +203,10 @@ class MAE(BaseModel):
         only, and the prediction is ``(B, N, M, P)`` in the order of
         :func:`masked_ids` ``(B, N, M)``. ``full_prediction=True`` returns ``(B, N, L, P)``
         for every patch, with the same loss.
+
+        NOTE: the default path assumes that every view masks ``L - K`` patches, as
+        :func:`make_masks` draws them. A hand-built ``mask`` with other counts needs
+        ``full_prediction=True``.
         """
         batch = imgs.shape[0]
         ids_keep = views["ids_keep"].reshape(batch * self.num_views, -1)
