@@ -58,7 +58,7 @@ def probe(mode: str) -> dict:
 def test_steps_reuse_pages_flat_memory():
     default, with_setting = probe("default"), probe("keep")
     # Without the setting the steps fault large activations in again: 95 000 to 250 000
-    # faults over the 10 steps were seen, against at most 3 with the setting. The bound asks
+    # faults over the 10 steps were seen, against at most 3 with the setting. The bound requires
     # for at least 16 MiB per step.
     assert default["faults"] > 10 * 16 * 2**20 / 4096
     assert with_setting["faults"] < default["faults"] / 10
