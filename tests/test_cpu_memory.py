@@ -57,9 +57,9 @@ def probe(mode: str) -> dict:
                     reason="the setting is glibc's")
 def test_steps_reuse_pages_flat_memory():
     default, with_setting = probe("default"), probe("keep")
-    # Without the setting the steps fault large activations in again: 95 000 to 250 000
-    # faults over the 10 steps were seen, against at most 3 with the setting. The bound requires
-    # for at least 16 MiB per step.
+    # Without the setting the steps fault large activations in again. 95 000 to 250 000
+    # faults over the 10 steps were seen, against at most 3 with the setting. The bound
+    # requires at least 16 MiB of faults per step.
     assert default["faults"] > 10 * 16 * 2**20 / 4096
     assert with_setting["faults"] < default["faults"] / 10
     # The heap stays near its size after 6 steps (growth of 8 KiB to 65 MiB, about 5 %, was seen).
