@@ -14,8 +14,8 @@ about 2 GiB of activations at its end. With the largest positive threshold (2**3
 bytes), one benchmark run on an AMD EPYC faulted 1.8 to 2.0 GiB in again in most of its
 4-view steps.
 
-NOTE: the settings keep memory in the main arena. glibc's arenas of other threads still
-free whole empty heaps and may map large blocks with ``mmap``. CPU autograd runs on the
+NOTE: the settings cover glibc's main arena only. The arenas of other threads still free
+whole empty heaps and may map large blocks with ``mmap``. CPU autograd runs on the
 calling thread, so the large activations come from the main arena.
 """
 from __future__ import annotations

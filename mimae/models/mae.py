@@ -116,7 +116,7 @@ class MAEDecoder(nn.Module):
             return self.pred(x[:, 1:])
         rows = ids_predict + 1  # slot 0 is the cls token
         if len(self.blocks) == 0:
-            return self.pred(self.norm(x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))))
+            return self.pred(self.norm(gather_tokens(x, rows)))
         x = run_blocks(self.blocks[:-1], x, self.with_cp)
         last = self.blocks[-1]
         if self.with_cp and x.requires_grad:
@@ -212,12 +212,13 @@ class MAE(BaseModel):
         ids_keep = views["ids_keep"].reshape(batch * self.num_views, -1)
         target = self.reconstruction_target(imgs).unsqueeze(1)  # broadcast over views, no copy
         mask = views["mask"]
-        ids_masked = masked_ids(mask, ids_keep.shape[-1])
-        if full_prediction or ids_masked.shape[-1] == 0:
+        num_masked = mask.shape[-1] - ids_keep.shape[-1]
+        if full_prediction or num_masked == 0:
             pred = self.decoder(views["latent"], ids_keep, views["grid"])
             pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
             per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N, L)
             return (per_patch * mask).sum() / mask.sum(), pred
+        ids_masked = masked_ids(mask, ids_keep.shape[-1])
         pred = self.decoder(views["latent"], ids_keep, views["grid"], ids_masked.reshape(ids_keep.shape[0], -1))
         pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
         index = ids_masked.unsqueeze(-1).expand(-1, -1, -1, target.shape[-1])
