@@ -39,21 +39,27 @@ def run(layer: Linear, x: torch.Tensor):
     return out.detach(), grads, {event.key for event in prof.key_averages()}
 
 
+def kernel_ops(ops: set[str]) -> tuple[bool, bool]:
+    """Return whether oneDNN ran the forward pass and whether it ran the backward pass."""
+    return "aten::mkldnn_convolution" in ops, "aten::convolution_backward" in ops
+
+
 @needs_onednn
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_forward"])
 @pytest.mark.parametrize("shape", [(4, 100, 256), (400, 256)])
-def test_onednn_path_matches_f_linear(shape):
+def test_onednn_kernels_match_f_linear(shape, kernel):
     torch.manual_seed(0)
     layer = Linear(256, 768)
     x = torch.randn(*shape)
     with threads(2):
         try:
-            Linear.use_onednn = True
+            Linear.kernel = kernel
             out, grads, ops = run(layer, x)
-            assert "aten::mkldnn_convolution" in ops, "the oneDNN path was not taken"
-            Linear.use_onednn = False
+            assert kernel_ops(ops) == (True, kernel == "onednn"), ops
+            Linear.kernel = "linear"
             ref_out, ref_grads, ref_ops = run(layer, x)
         finally:
-            Linear.use_onednn = None
+            Linear.kernel = None
     assert not any("convolution" in name for name in ref_ops)
     assert out.shape == ref_out.shape == (*shape[:-1], 768)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
@@ -62,34 +68,93 @@ def test_onednn_path_matches_f_linear(shape):
 
 
 @needs_onednn
-@pytest.mark.parametrize("vendor, onednn", [("AuthenticAMD", True), ("GenuineIntel", False), ("", False)])
-def test_default_kernel_follows_cpu_vendor(monkeypatch, vendor, onednn):
-    monkeypatch.setattr(layers, "cpu_vendor", lambda: vendor)
-    layer = Linear(256, 768)
+def test_onednn_forward_kernel_gradients_without_bias_or_input_grad():
+    torch.manual_seed(0)
+    layer, reference = Linear(256, 768, bias=False), torch.nn.Linear(256, 768, bias=False)
+    reference.load_state_dict(layer.state_dict())
+    layer.kernel = "onednn_forward"
+    x = torch.randn(3, 200, 256)  # no grad: the backward pass computes the weight gradient only
+    upstream = torch.randn(3, 200, 768)
     with threads(2):
-        _, _, ops = run(layer, torch.randn(400, 256))
-        assert ("aten::mkldnn_convolution" in ops) == onednn
-        layer.use_onednn = not onednn  # an explicit setting wins over the vendor rule
-        _, _, ops = run(layer, torch.randn(400, 256))
-        assert ("aten::mkldnn_convolution" in ops) == (not onednn)
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo")
-def test_cpu_vendor_reads_proc_cpuinfo():
-    with open("/proc/cpuinfo") as f:
-        found = re.search(r"^vendor_id\s*:\s*(\S+)", f.read(), re.MULTILINE)
-    assert layers.cpu_vendor() == (found.group(1) if found else "")
-    assert layers.onednn_preferred() == (layers.cpu_vendor() == "AuthenticAMD")
+        layer(x).backward(upstream)
+        reference(x).backward(upstream)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-3)
+    x = x.requires_grad_()
+    with threads(2):
+        (grad_x,) = torch.autograd.grad(layer(x), x, upstream)
+    torch.testing.assert_close(grad_x, upstream @ layer.weight, rtol=1e-5, atol=1e-3)
 
 
 @needs_onednn
-def test_non_contiguous_input():
+def test_onednn_forward_kernel_under_checkpointing():
+    torch.manual_seed(0)
+    block = Block(256, 8)
+    x = torch.randn(2, 64, 256, requires_grad=True)
+    with threads(2):
+        try:
+            Linear.kernel = "onednn_forward"
+            out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            grads = torch.autograd.grad(out.sum(), [x, block.mlp.fc1.weight])
+            Linear.kernel = "linear"
+            ref = block(x)
+            ref_grads = torch.autograd.grad(ref.sum(), [x, block.mlp.fc1.weight])
+        finally:
+            Linear.kernel = None
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    for got, expected in zip(grads, ref_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+@needs_onednn
+@pytest.mark.parametrize("vendor, family, kernel", [
+    ("AuthenticAMD", "26", "onednn"),
+    ("AuthenticAMD", "25", "onednn_forward"),
+    ("AuthenticAMD", "", "onednn_forward"),
+    ("GenuineIntel", "6", "linear"),
+    ("", "", "linear"),
+])
+def test_default_kernel_follows_cpu(monkeypatch, vendor, family, kernel):
+    fields = {"vendor_id": vendor, "cpu family": family}
+    monkeypatch.setattr(layers, "cpu_info", lambda: {key: value for key, value in fields.items() if value})
+    assert layers.default_linear_kernel() == kernel
+    layer = Linear(256, 768)
+    with threads(2):
+        _, _, ops = run(layer, torch.randn(400, 256))
+        assert kernel_ops(ops) == (kernel != "linear", kernel == "onednn")
+        layer.kernel = "onednn" if kernel == "linear" else "linear"  # an explicit setting wins
+        _, _, ops = run(layer, torch.randn(400, 256))
+        assert kernel_ops(ops) == (kernel == "linear", kernel == "linear")
+
+
+def test_invalid_kernel_names_the_choices():
+    layer = Linear(256, 768)
+    layer.kernel = "mkl"
+    with pytest.raises(ValueError, match="'mkl'.*'linear', 'onednn', 'onednn_forward'"):
+        layer(torch.randn(4, 256))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="no /proc/cpuinfo")
+def test_cpu_fields_read_proc_cpuinfo():
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", text, re.MULTILINE)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", text, re.MULTILINE)
+    assert layers.cpu_vendor() == (vendor.group(1) if vendor else "")
+    assert layers.cpu_family() == (int(family.group(1)) if family else None)
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_forward"])
+def test_non_contiguous_input(kernel):
     torch.manual_seed(0)
     layer = Linear(256, 768)
-    layer.use_onednn = True
-    x = torch.randn(256, 4, 100).permute(1, 2, 0)  # (4, 100, 256), not contiguous
+    layer.kernel = kernel
+    x = torch.randn(256, 4, 100).permute(1, 2, 0).requires_grad_()  # (4, 100, 256), not contiguous
     with threads(2):
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        out = layer(x)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        (grad_x,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad_x, layer.weight.sum(0).expand(4, 100, -1), rtol=1e-5, atol=1e-4)
 
 
 def test_plain_linear_fallback_cases():
@@ -156,3 +221,37 @@ def test_patch_embed_matches_its_convolution(autocast):
     expected_grads = torch.autograd.grad(expected.float(), [embed.proj.weight, embed.proj.bias], upstream)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_patch_embed_of_chosen_patches_matches_gathered_tokens(autocast):
+    torch.manual_seed(0)
+    embed = PatchEmbed(patch_size=8, in_chans=3, embed_dim=32)
+    x = torch.randn(2, 3, 24, 40)  # a 3 x 5 grid
+    ids = torch.tensor([[14, 0, 7, 3], [5, 9, 1, 12]])  # any order, per image
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        tokens, grid = embed(x, ids)
+        full, _ = embed(x)
+    assert grid == (3, 5) and tokens.shape == (2, 4, 32)
+    expected = full.gather(1, ids[..., None].expand(-1, -1, 32))
+    torch.testing.assert_close(tokens, expected)
+    upstream = torch.randn(tokens.shape)
+    grads = torch.autograd.grad(tokens.float(), [embed.proj.weight, embed.proj.bias], upstream)
+    expected_grads = torch.autograd.grad(expected.float(), [embed.proj.weight, embed.proj.bias], upstream)
+    tolerance = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_encoder_embeds_visible_patches_with_their_positions():
+    from mimae.models.vit import VisionTransformer, gather_tokens
+
+    torch.manual_seed(0)
+    encoder = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    imgs = torch.randn(2, 3, 32, 48)  # another grid than the stored table's 4 x 4
+    ids = torch.tensor([[23, 2, 9], [0, 17, 11]])
+    visible, grid = encoder.embed_patches(imgs, ids)
+    full, _ = encoder.embed_patches(imgs)
+    assert grid == (4, 6)
+    torch.testing.assert_close(visible, gather_tokens(full, ids))
+    torch.testing.assert_close(encoder.forward_masked(imgs, ids), encoder.forward_tokens(gather_tokens(full, ids)))

@@ -223,15 +223,29 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
     return workload
 
 
+LINEAR_KERNEL_LABELS = {
+    "linear": "through F.linear (MKL)",
+    "onednn": "as oneDNN 1x1 convolutions",
+    "onednn_forward": "as oneDNN 1x1 convolutions, backward through MKL",
+}
+
+
+def other_linear_kernels() -> list[str]:
+    """Return the ``Linear.kernel`` choices other than this CPU's default."""
+    from mimae.models.layers import LINEAR_KERNELS, default_linear_kernel
+
+    return [kernel for kernel in LINEAR_KERNELS if kernel != default_linear_kernel()]
+
+
 def mae_variant(base: Workload, variant: str) -> Workload:
     """Return a variant of the MAE step ``base`` that shares its model and images.
 
     Variants:
 
     - ``default_adamw``: torch's default AdamW kernel, with its own optimizer state.
-    - ``other_linear``: every large float32 ``mimae`` linear layer on the other CPU
-      kernel than this machine's default (``Linear.use_onednn``): ``F.linear`` (MKL) on
-      AMD CPUs, the oneDNN 1 x 1 convolution elsewhere.
+    - ``linear_<kernel>``: every large float32 ``mimae`` linear layer on that
+      ``Linear.kernel`` (``linear``, ``onednn`` or ``onednn_forward``) instead of this
+      CPU's default.
     - ``checkpointed``: activation checkpointing in every encoder and decoder block.
     - ``flash_fp32_attention``, ``flash_attention``: that ``Attention.cpu_autocast_kernel``
       instead of the run's (``--cpu-attention``).
@@ -245,12 +259,10 @@ def mae_variant(base: Workload, variant: str) -> Workload:
         step = training_step(model, lambda: model.loss(images), base.parts["device"], base.parts["precision"],
                              fused_adamw=False)
         label += ", default AdamW"
-    elif variant == "other_linear":
-        from mimae.models.layers import onednn_preferred
-
-        onednn = not onednn_preferred()
-        step = with_class_setting(step, "Linear", "use_onednn", onednn)
-        label += ", linear layers as oneDNN 1x1 convolutions" if onednn else ", linear layers through F.linear (MKL)"
+    elif variant.startswith("linear_"):
+        kernel = variant.removeprefix("linear_")
+        step = with_class_setting(step, "Linear", "kernel", kernel)
+        label += f", linear layers {LINEAR_KERNEL_LABELS[kernel]}"
     elif variant == "checkpointed":
         step = with_module_setting(step, [model.encoder, model.decoder], "with_cp", True)
         label += ", activation checkpointing"
@@ -686,10 +698,10 @@ def machine_info(device: torch.device) -> dict:
                 torch=torch.__version__, python=platform.python_version(),
                 cpu_capability=torch.backends.cpu.get_cpu_capability(), load_average_start=os.getloadavg())
     if device.type == "cpu":
-        from mimae.models.layers import cpu_vendor, onednn_preferred
+        from mimae.models.layers import cpu_vendor, default_linear_kernel
 
         info["cpu_vendor"] = cpu_vendor()
-        info["float32_linear_kernel"] = "oneDNN 1x1 convolution" if onednn_preferred() else "F.linear (MKL)"
+        info["float32_linear_kernel"] = LINEAR_KERNEL_LABELS[default_linear_kernel()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -881,7 +893,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_other_linear", "mae_checkpointed",
+WORKLOAD_KEYS = ("mae", "control", "mimae", "mae_default_adamw", "mae_other_linear_kernels", "mae_checkpointed",
                  "mae_flash_fp32_attention", "mae_flash_attention", "mmpretrain_mae", "timm_encoder",
                  "mimae_encoder", "det_backbone", "seg_backbone", "gemm")
 
@@ -902,8 +914,10 @@ def build_workloads(args, arch: Arch, device: torch.device, precision: str, with
         "control": lambda: [build_mimae_pretrain("control", arch, batch, views, device, precision)],
         "mimae": lambda: [build_mimae_pretrain("mimae", arch, batch, views, device, precision)],
         "mae_default_adamw": lambda: [mae_variant(mae_base(), "default_adamw")],
-        # Under autocast Linear always takes F.linear, so this variant exists for fp32 only.
-        "mae_other_linear": lambda: [mae_variant(mae_base(), "other_linear")] if precision == "fp32" else [],
+        # Under autocast Linear always takes F.linear, so these variants exist for fp32 only.
+        "mae_other_linear_kernels": lambda: [
+            mae_variant(mae_base(), f"linear_{kernel}") for kernel in other_linear_kernels()
+        ] if precision == "fp32" else [],
         "mae_checkpointed": lambda: [mae_variant(mae_base(), "checkpointed")] if precision == "fp32" else [],
         # Under CPU autocast the run uses the compiled attention, and these variants take the flash kernel.
         "mae_flash_fp32_attention": lambda: [mae_variant(mae_base(), "flash_fp32_attention")] if cpu_bf16 else [],

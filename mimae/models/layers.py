@@ -32,8 +32,14 @@ class PatchEmbed(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Return tokens ``(B, H * W, C)`` and the grid ``(H, W)``."""
+    def forward(
+        self, x: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Return tokens ``(B, H * W, C)`` and the grid ``(H, W)``.
+
+        With ``ids`` ``(B, K)`` (row-major grid indices), only those patches are projected
+        and the tokens are ``(B, K, C)``, in the order of ``ids``.
+        """
         height, width = x.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -44,9 +50,14 @@ class PatchEmbed(nn.Module):
         # patches. As F.linear, forward and backward ran 3.7 times faster under bf16 autocast on an Intel Xeon.
         batch, channels, p = x.shape[0], x.shape[1], self.patch_size
         grid = (height // p, width // p)
-        patches = x.reshape(batch, channels, grid[0], p, grid[1], p)
         # Each patch's pixels in the order of the kernel's weights: (channel, row, column).
-        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, grid[0] * grid[1], channels * p * p)
+        patches = x.reshape(batch, channels, grid[0], p, grid[1], p).permute(0, 2, 4, 1, 3, 5)
+        if ids is None:
+            patches = patches.reshape(batch, grid[0] * grid[1], channels * p * p)
+        else:
+            # Index the grid's rows and columns of the strided view, so only the K patches are copied.
+            rows = torch.arange(batch, device=x.device)[:, None]
+            patches = patches[rows, ids // grid[1], ids % grid[1]].reshape(batch, ids.shape[1], channels * p * p)
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
         return F.linear(patches, weight, self.proj.bias), grid
 
@@ -58,69 +69,134 @@ def _fx_symbolic_tracing() -> bool:
 
 
 @cache
-def cpu_vendor() -> str:
-    """Return the CPU's ``vendor_id`` from ``/proc/cpuinfo`` ('GenuineIntel', 'AuthenticAMD'), or ''."""
+def cpu_info() -> dict[str, str]:
+    """Return the first processor's fields of ``/proc/cpuinfo`` (``vendor_id``, ``cpu family``), or {}."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
                 key, _, value = line.partition(":")
-                if key.strip() == "vendor_id":
-                    return value.strip()
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
 
 
-def onednn_preferred() -> bool:
-    """Return whether :class:`Linear` takes its oneDNN path by default, which is on AMD CPUs only."""
-    return cpu_vendor() == "AuthenticAMD"
+def cpu_vendor() -> str:
+    """Return the CPU's ``vendor_id`` ('GenuineIntel', 'AuthenticAMD'), or ''."""
+    return cpu_info().get("vendor_id", "")
+
+
+def cpu_family() -> int | None:
+    """Return the CPU's ``cpu family`` number (25 for AMD Zen 3 and Zen 4, 26 for Zen 5), or None."""
+    family = cpu_info().get("cpu family", "")
+    return int(family) if family.isdigit() else None
+
+
+LINEAR_KERNELS = ("linear", "onednn", "onednn_forward")
+
+
+def default_linear_kernel() -> str:
+    """Return the float32 CPU kernel that :class:`Linear` takes by default on this CPU.
+
+    ``"onednn"`` on AMD CPUs of family 26 or later, ``"onednn_forward"`` on older AMD CPUs
+    and ``"linear"`` elsewhere (see :class:`Linear`).
+    """
+    if cpu_vendor() != "AuthenticAMD":
+        return "linear"
+    family = cpu_family()
+    return "onednn" if family is not None and family >= 26 else "onednn_forward"
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` that can run large float32 products on the CPU through oneDNN.
 
     On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
-    convolution over a channels-last view of the input runs in oneDNN instead. For forward
-    and backward of the MAE ViT-B layer shapes, oneDNN took about half of MKL's time on an
-    AMD EPYC of family 26 (Zen 5). On an AMD EPYC of family 25 (Zen 4) the two ran at about
-    the same speed (MAE step 2.91 s against 2.94 s). On an Intel Xeon with AVX-512 and AMX,
-    oneDNN took 1.1 to 1.6 times MKL's time (docs/benchmarks.md).
-    ``use_onednn`` chooses: ``None`` (default) takes oneDNN on AMD CPUs only, ``True``
-    and ``False`` force either kernel. The view needs no copy of a contiguous input, and
-    parameters, state-dict keys and initialization are those of ``nn.Linear``.
+    convolution over a channels-last view of the input runs in oneDNN instead.
+    ``kernel`` chooses, for float32 inputs on the CPU:
 
-    ``F.linear`` always runs for products under ``ONEDNN_MIN_MACS`` multiply-adds, for
-    other dtypes and devices, under autocast, with one torch thread (PyTorch then picks its
-    slow reference convolution, not oneDNN), when ``torch.backends.mkldnn.enabled`` is
-    false, and under TorchScript or FX tracing.
+    - ``"linear"``: ``F.linear``, forward and backward through MKL.
+    - ``"onednn"``: forward and backward as a oneDNN convolution.
+    - ``"onednn_forward"``: forward as a oneDNN convolution, and the backward pass as the
+      two matrix products and bias sum that ``F.linear``'s backward runs.
+    - ``None`` (default): :func:`default_linear_kernel` for this CPU.
+
+    Measured forward and backward of the MAE ViT-B layer shapes (docs/benchmarks.md): on
+    an AMD EPYC of family 26 (Zen 5), oneDNN took about half of MKL's time. On an AMD
+    EPYC of family 25 (Zen 4), oneDNN's forward pass was up to 1.15 times as fast as
+    MKL's and its backward pass up to 1.3 times as slow, so ``"onednn_forward"``
+    was fastest (ViT-B encoder step on 196 tokens 4 % faster than either other kernel).
+    On an Intel Xeon with AVX-512 and AMX, oneDNN took 1.1 to 1.6 times MKL's time.
+    NOTE: ``"onednn_forward"`` was not compared with ``"onednn"`` on family 26, where the
+    default keeps oneDNN's faster backward pass; AMD families before 25 were not measured.
+
+    The view needs no copy of a contiguous input, and parameters, state-dict keys and
+    initialization are those of ``nn.Linear``. ``F.linear`` always runs for products
+    under ``ONEDNN_MIN_MACS`` multiply-adds, for other dtypes and devices, under autocast,
+    with one torch thread (PyTorch then picks its slow reference convolution, not oneDNN),
+    when ``torch.backends.mkldnn.enabled`` is false, and under TorchScript or FX tracing.
     """
 
-    use_onednn: bool | None = None
+    kernel: str | None = None
     ONEDNN_MIN_MACS = 1 << 24  # smaller products ran slower through the convolution
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self._takes_onednn(x):
-                return self._onednn_linear(x)
+            kernel = self._cpu_kernel(x)
+            if kernel == "onednn":
+                return _onednn_conv(x, self.weight, self.bias)
+            if kernel == "onednn_forward":
+                rows = x.numel() // self.in_features
+                out = _OneDNNForwardLinear.apply(x.reshape(rows, self.in_features), self.weight, self.bias)
+                return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
     @torch.jit.unused
-    def _takes_onednn(self, x: torch.Tensor) -> bool:
-        use_onednn = onednn_preferred() if self.use_onednn is None else self.use_onednn
-        return (use_onednn and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                and torch.get_num_threads() > 1 and not _fx_symbolic_tracing()
-                and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and self.weight.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] == self.in_features
-                and not torch.is_autocast_enabled("cpu")
-                and x.numel() > 0 and x.numel() * self.out_features >= self.ONEDNN_MIN_MACS)
+    def _cpu_kernel(self, x: torch.Tensor) -> str:
+        kernel = default_linear_kernel() if self.kernel is None else self.kernel
+        if kernel not in LINEAR_KERNELS:
+            raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
+        if kernel == "linear":
+            return kernel
+        onednn = (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                  and torch.get_num_threads() > 1 and not _fx_symbolic_tracing()
+                  and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                  and self.weight.device.type == "cpu" and x.dim() >= 2 and x.shape[-1] == self.in_features
+                  and not torch.is_autocast_enabled("cpu")
+                  and x.numel() > 0 and x.numel() * self.out_features >= self.ONEDNN_MIN_MACS)
+        return kernel if onednn else "linear"
 
-    @torch.jit.unused
-    def _onednn_linear(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        # (rows, C) row-major is the memory of an NHWC image (1, rows, 1, C).
-        image = x.reshape(1, rows, 1, self.in_features).permute(0, 3, 1, 2)
-        out = F.conv2d(image, self.weight[:, :, None, None], self.bias)
-        return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], self.out_features)
+
+def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Compute ``F.linear(x, weight, bias)`` as a oneDNN 1 x 1 convolution."""
+    channels = x.shape[-1]
+    rows = x.numel() // channels
+    # (rows, C) row-major is the memory of an NHWC image (1, rows, 1, C).
+    image = x.reshape(1, rows, 1, channels).permute(0, 3, 1, 2)
+    out = F.conv2d(image, weight[:, :, None, None], bias)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _OneDNNForwardLinear(torch.autograd.Function):
+    """Linear layer on ``(rows, C)``: forward as a oneDNN convolution, backward through MKL's GEMM."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_conv(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_x = grad.mm(weight) if needs_x else None
+        grad_weight = grad.t().mm(x) if needs_weight else None
+        grad_bias = grad.sum(0) if needs_bias and ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias
 
 
 class Mlp(nn.Module):

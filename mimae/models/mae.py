@@ -183,14 +183,20 @@ class MAE(BaseModel):
         ``(B * N, K, C)`` (patch embeddings with position, before the blocks),
         ``ids_keep`` ``(B, N, K)``, ``mask`` ``(B, N, L)`` and ``grid``.
         """
-        tokens, grid = self.encoder.embed_patches(imgs)
-        batch, num_patches, dim = tokens.shape
+        batch, patch = imgs.shape[0], self.encoder.patch_size
+        num_patches = (imgs.shape[-2] // patch) * (imgs.shape[-1] // patch)
         ids_keep, mask = make_masks(
-            batch, num_patches, self.num_views, self.mask_ratio, self.mask_strategy, tokens.device
+            batch, num_patches, self.num_views, self.mask_ratio, self.mask_strategy, imgs.device
         )
         keep = ids_keep.shape[-1]
-        visible = gather_tokens(tokens, ids_keep.reshape(batch, -1))
-        visible = visible.reshape(batch * self.num_views, keep, dim)
+        ids = ids_keep.reshape(batch, -1)
+        if ids.shape[1] < num_patches:
+            # Fewer visible patches than patches (plain MAE: a quarter): embed those only.
+            visible, grid = self.encoder.embed_patches(imgs, ids)
+        else:
+            tokens, grid = self.encoder.embed_patches(imgs)
+            visible = gather_tokens(tokens, ids)
+        visible = visible.reshape(batch * self.num_views, keep, visible.shape[-1])
         latent = self.encoder.forward_tokens(visible)
         return dict(latent=latent, visible_tokens=visible, ids_keep=ids_keep, mask=mask, grid=grid)
 

@@ -70,10 +70,19 @@ class VisionTransformer(nn.Module):
             return self.pos_embed
         return sincos_2d(self.embed_dim, grid_hw, 1).to(self.pos_embed)
 
-    def embed_patches(self, imgs: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Return patch tokens with position added ``(B, L, C)`` and the grid."""
-        tokens, grid = self.patch_embed(imgs)
-        return tokens + self.pos_embed_for(grid)[:, 1:], grid
+    def embed_patches(
+        self, imgs: torch.Tensor, ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Return patch tokens with position added ``(B, L, C)`` and the grid.
+
+        With ``ids`` ``(B, K)``, embed only those patches; the tokens are then ``(B, K, C)``
+        and equal the full tokens gathered at ``ids``.
+        """
+        tokens, grid = self.patch_embed(imgs, ids)
+        pos_embed = self.pos_embed_for(grid)[:, 1:]
+        if ids is not None:
+            pos_embed = pos_embed[0][ids]
+        return tokens + pos_embed, grid
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the cls token to ``tokens`` ``(B, K, C)`` and run the blocks.
@@ -86,8 +95,8 @@ class VisionTransformer(nn.Module):
 
     def forward_masked(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """Encode the visible patches ``ids_keep`` ``(B, K)`` of ``imgs``; returns ``(B, 1 + K, C)``."""
-        tokens, _ = self.embed_patches(imgs)
-        return self.forward_tokens(gather_tokens(tokens, ids_keep))
+        tokens, _ = self.embed_patches(imgs, ids_keep)
+        return self.forward_tokens(tokens)
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """Encode all patches; returns ``(B, 1 + L, C)``."""
