@@ -123,14 +123,15 @@ class Linear(nn.Linear):
       two matrix products and bias sum that ``F.linear``'s backward runs.
     - ``None`` (default): :func:`default_linear_kernel` for this CPU.
 
-    Measured forward and backward of the MAE ViT-B layer shapes (docs/benchmarks.md): on
-    an AMD EPYC of family 26 (Zen 5), oneDNN took about half of MKL's time. On an AMD
-    EPYC of family 25 (Zen 4), oneDNN's forward pass was up to 1.15 times as fast as
-    MKL's and its backward pass up to 1.3 times as slow, so ``"onednn_forward"``
-    was fastest (ViT-B encoder step on 196 tokens 4 % faster than either other kernel).
-    On an Intel Xeon with AVX-512 and AMX, oneDNN took 1.1 to 1.6 times MKL's time.
+    Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
+    family 26 (Zen 5), forward and backward through oneDNN took about half of MKL's time.
+    On an AMD EPYC of family 25 (Zen 4), oneDNN's forward pass took 0.89 to 1.16 times
+    MKL's time and its backward pass 0.96 to 1.36 times, so ``"onednn_forward"`` was
+    the fastest there: the ViT-B encoder step on 196 tokens took about 4 % less time than
+    with either other kernel. On an Intel Xeon with AVX-512 and AMX, forward and backward
+    through oneDNN took 1.1 to 1.6 times MKL's time.
     NOTE: ``"onednn_forward"`` was not compared with ``"onednn"`` on family 26, where the
-    default keeps oneDNN's faster backward pass; AMD families before 25 were not measured.
+    default keeps oneDNN's backward pass; AMD families before 25 were not measured.
 
     The view needs no copy of a contiguous input, and parameters, state-dict keys and
     initialization are those of ``nn.Linear``. ``F.linear`` always runs for products
