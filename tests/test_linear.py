@@ -255,3 +255,37 @@ def test_encoder_embeds_visible_patches_with_their_positions():
     assert grid == (4, 6)
     torch.testing.assert_close(visible, gather_tokens(full, ids))
     torch.testing.assert_close(encoder.forward_masked(imgs, ids), encoder.forward_tokens(gather_tokens(full, ids)))
+
+
+@needs_onednn
+def test_checkpointed_blocks_recompute_no_more_than_the_convolution_path():
+    """Checkpointing stops the recomputation once a block's saved tensors are back. The
+    default kernel on AMD CPUs before family 26 stores them after its forward pass, so
+    ``run_blocks`` switches it to the convolution inside checkpoints."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(Block(256, 8) for _ in range(2))
+    x = torch.randn(2, 64, 256, requires_grad=True)
+
+    def step(kernel: str) -> tuple[int, list[torch.Tensor]]:
+        Linear.kernel = kernel
+        counter = FlopCounterMode(display=False)
+        with counter:
+            layers.run_blocks(blocks, x, with_cp=True).square().sum().backward()
+        grads = [x.grad, blocks[1].mlp.fc2.weight.grad]
+        x.grad = None
+        blocks.zero_grad(set_to_none=True)
+        return counter.get_total_flops(), grads
+
+    with threads(2):
+        try:
+            flops, grads = step("onednn_forward")
+            conv_flops, conv_grads = step("onednn")
+            plain_flops, plain_grads = step("linear")
+        finally:
+            Linear.kernel = None
+    # Without the switch the recomputation also runs each block's last product (fc2) again.
+    assert flops == conv_flops == plain_flops
+    for got, expected in zip(grads, plain_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)

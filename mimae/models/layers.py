@@ -159,6 +159,12 @@ class Linear(nn.Linear):
         kernel = default_linear_kernel() if self.kernel is None else self.kernel
         if kernel not in LINEAR_KERNELS:
             raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
+        if kernel == "onednn_forward" and getattr(_checkpoint_state, "active", False):
+            # Checkpointing recomputes a block's forward pass only until its last saved tensor
+            # is stored again. The convolution stores its inputs before it computes, so the
+            # recomputation stops before the block's last product. The custom function
+            # stores them after its forward pass, which the recomputation would then run.
+            kernel = "onednn"
         if kernel == "linear":
             return kernel
         onednn = (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
@@ -509,13 +515,34 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+_checkpoint_state = threading.local()
+
+
+def _run_checkpointed(function, *args, **kwargs):
+    previous = getattr(_checkpoint_state, "active", False)
+    _checkpoint_state.active = True
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _checkpoint_state.active = previous
+
+
+def checkpointed(function, *args, **kwargs) -> torch.Tensor:
+    """Call ``function(*args, **kwargs)`` with non-reentrant activation checkpointing.
+
+    Inside, :class:`Linear` layers take ``"onednn"`` where their kernel would be
+    ``"onednn_forward"``, so that the recomputation in the backward pass stops early.
+    """
+    return checkpoint(partial(_run_checkpointed, function), *args, use_reentrant=False, **kwargs)
+
+
 def run_blocks(
     blocks: nn.ModuleList, x: torch.Tensor, with_cp: bool = False, **kwargs
 ) -> torch.Tensor:
     """Apply ``blocks`` in order, optionally with activation checkpointing."""
     for block in blocks:
         if with_cp and x.requires_grad:
-            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+            x = checkpointed(block, x, **kwargs)
         else:
             x = block(x, **kwargs)
     return x

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
-from torch.utils.checkpoint import checkpoint
 
 from ..registry import MODELS, build_model
-from .layers import Block, LayerNorm, Linear, run_blocks
+from .layers import Block, LayerNorm, Linear, checkpointed, run_blocks
 from .masking import make_masks
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, gather_tokens
@@ -120,7 +119,7 @@ class MAEDecoder(nn.Module):
         x = run_blocks(self.blocks[:-1], x, self.with_cp)
         last = self.blocks[-1]
         if self.with_cp and x.requires_grad:
-            x = checkpoint(last.forward_rows, x, rows, use_reentrant=False)
+            x = checkpointed(last.forward_rows, x, rows)
         else:
             x = last.forward_rows(x, rows)
         return self.pred(self.norm(x))
