@@ -232,7 +232,8 @@ def test_patch_embed_of_chosen_patches_matches_gathered_tokens(autocast):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         tokens, grid = embed(x, ids)
         full, _ = embed(x)
-    assert grid == (3, 5) and tokens.shape == (2, 4, 32)
+    assert grid == (3, 5)
+    assert tokens.shape == (2, 4, 32)
     expected = full.gather(1, ids[..., None].expand(-1, -1, 32))
     torch.testing.assert_close(tokens, expected)
     upstream = torch.randn(tokens.shape)
@@ -258,7 +259,7 @@ def test_encoder_embeds_visible_patches_with_their_positions():
 
 
 @needs_onednn
-def test_checkpointed_blocks_recompute_no_more_than_the_convolution_path():
+def test_checkpoint_recompute_skips_last_product():
     """Checkpointing stops the recomputation once a block's saved tensors are back. The
     default kernel on AMD CPUs before family 26 stores them after its forward pass, so
     ``run_blocks`` switches it to the convolution inside checkpoints."""
