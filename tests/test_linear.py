@@ -75,9 +75,10 @@ def test_onednn_forward_kernel_gradients_without_bias_or_input_grad():
     layer.kernel = "onednn_forward"
     x = torch.randn(3, 200, 256)  # no grad: the backward pass computes the weight gradient only
     upstream = torch.randn(3, 200, 768)
-    with threads(2):
+    with threads(2), profile(activities=[ProfilerActivity.CPU]) as prof:
         layer(x).backward(upstream)
         reference(x).backward(upstream)
+    assert kernel_ops({event.key for event in prof.key_averages()}) == (True, False)
     torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-3)
     x = x.requires_grad_()
     with threads(2):
@@ -93,8 +94,11 @@ def test_onednn_forward_kernel_under_checkpointing():
     with threads(2):
         try:
             Linear.kernel = "onednn_forward"
-            out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            grads = torch.autograd.grad(out.sum(), [x, block.mlp.fc1.weight])
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                grads = torch.autograd.grad(out.sum(), [x, block.mlp.fc1.weight])
+            # torch's own checkpoint keeps the kernel: oneDNN forward, MKL backward.
+            assert kernel_ops({event.key for event in prof.key_averages()}) == (True, False)
             Linear.kernel = "linear"
             ref = block(x)
             ref_grads = torch.autograd.grad(ref.sum(), [x, block.mlp.fc1.weight])
@@ -290,3 +294,74 @@ def test_checkpoint_recompute_skips_last_product():
     assert flops == conv_flops == plain_flops
     for got, expected in zip(grads, plain_grads):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+
+
+@needs_onednn
+def test_onednn_forward_kernel_higher_order_gradients():
+    """Double backward, ``torch.func.grad`` and forward-mode AD through ``onednn_forward``
+    give what ``F.linear`` gives."""
+    from torch.func import functional_call, grad, jvp
+
+    torch.manual_seed(0)
+    layer = Linear(256, 768)
+    x = torch.randn(400, 256)
+    tangent = torch.randn(400, 256)
+    results = {}
+    with threads(2):
+        for kernel in ["onednn_forward", "linear"]:
+            layer.kernel = kernel
+            layer.zero_grad(set_to_none=True)
+            inputs = x.clone().requires_grad_()
+            loss = layer(inputs).sum()
+            (grad_x,) = torch.autograd.grad(loss, inputs, create_graph=True)
+            (grad_x.pow(2).sum() + loss).backward()
+            params = dict(layer.named_parameters())
+            func_grads = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+            _, out_tangent = jvp(layer, (x,), (tangent,))
+            results[kernel] = [layer.weight.grad, func_grads["weight"], func_grads["bias"], out_tangent]
+    for got, expected in zip(results["onednn_forward"], results["linear"]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-2)
+
+
+def test_onednn_forward_function_gradgradcheck():
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layers._OneDNNForwardLinear.apply, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(layers._OneDNNForwardLinear.apply, (x, weight, bias))
+
+
+@pytest.mark.parametrize("kernel", ["linear", "onednn", "onednn_forward"])
+def test_compiled_checkpointed_encoder_has_one_graph(kernel):
+    """torch.compile captures the checkpointed blocks whole: Linear leaves the kernel choice
+    to the compiler, and ``checkpointed`` skips its thread-local switch."""
+    import torch._dynamo.testing
+
+    from mimae.models.vit import VisionTransformer
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    encoder = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, with_cp=True)
+    counter = torch._dynamo.testing.CompileCounter()
+    compiled = torch.compile(encoder, backend=counter)
+    try:
+        Linear.kernel = kernel
+        with threads(2):
+            for _ in range(2):
+                compiled(torch.randn(2, 3, 32, 32)).sum().backward()
+    finally:
+        Linear.kernel = None
+        torch._dynamo.reset()
+    assert counter.frame_count == 1
+
+
+@pytest.mark.parametrize("ids, message", [
+    (torch.tensor([[0, 15], [1, 2]]), "range from 0 to 15, outside the 3x5 grid's"),
+    (torch.tensor([[-1, 3], [1, 2]]), "range from -1 to 3"),
+    (torch.tensor([[0, 1]]), r"shape \(1, 2\) do not match the batch: expected \(2, K\)"),
+    (torch.tensor([0, 1]), r"shape \(2,\) do not match"),
+])
+def test_patch_embed_rejects_bad_ids(ids, message):
+    embed = PatchEmbed(patch_size=8, in_chans=3, embed_dim=32)
+    with pytest.raises(ValueError, match=message):
+        embed(torch.randn(2, 3, 24, 40), ids)

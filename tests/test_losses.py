@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -197,3 +198,13 @@ def test_mimae_with_mine_logs_estimate():
     assert set(losses) == {"loss_rec", "loss_mi_max", "mine_estimate"}
     losses["loss_mi_max"].backward()
     assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_mask_ratio_without_masked_patches_raises():
+    from mimae.registry import MODELS
+
+    model = MODELS.build(dict(type="MAE", mask_ratio=0.0,
+                              encoder=dict(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2),
+                              decoder=dict(embed_dim=16, depth=1, num_heads=2)))
+    with pytest.raises(ValueError, match="mask_ratio 0.0 masks none of the 16 patches"):
+        model.loss(torch.randn(2, 3, 32, 32))

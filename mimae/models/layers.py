@@ -37,8 +37,8 @@ class PatchEmbed(nn.Module):
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """Return tokens ``(B, H * W, C)`` and the grid ``(H, W)``.
 
-        With ``ids`` ``(B, K)`` (row-major grid indices), only those patches are projected
-        and the tokens are ``(B, K, C)``, in the order of ``ids``.
+        With ``ids`` ``(B, K)`` (row-major grid indices in ``[0, H * W)``), only those
+        patches are projected and the tokens are ``(B, K, C)``, in the order of ``ids``.
         """
         height, width = x.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
@@ -55,11 +55,28 @@ class PatchEmbed(nn.Module):
         if ids is None:
             patches = patches.reshape(batch, grid[0] * grid[1], channels * p * p)
         else:
+            _check_patch_ids(ids, batch, grid)
             # Index the grid's rows and columns of the strided view, so only the K patches are copied.
             rows = torch.arange(batch, device=x.device)[:, None]
             patches = patches[rows, ids // grid[1], ids % grid[1]].reshape(batch, ids.shape[1], channels * p * p)
         weight = self.proj.weight.reshape(self.proj.out_channels, -1)
         return F.linear(patches, weight, self.proj.bias), grid
+
+
+def _check_patch_ids(ids: torch.Tensor, batch: int, grid: tuple[int, int]) -> None:
+    """Raise a ValueError unless ``ids`` is ``(batch, K)`` with values in ``[0, H * W)``."""
+    num_patches = grid[0] * grid[1]
+    if ids.dim() != 2 or ids.shape[0] != batch:
+        raise ValueError(f"patch ids of shape {tuple(ids.shape)} do not match the batch: expected ({batch}, K)")
+    if ids.numel() == 0:
+        return
+    if ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= num_patches:
+            raise ValueError(f"patch ids range from {low} to {high}, outside the {grid[0]}x{grid[1]} grid's "
+                             f"[0, {num_patches}); pass row-major grid indices")
+    else:  # checked on the device (or in the compiled graph), without waiting for it
+        torch._assert_async(((ids >= 0) & (ids < num_patches)).all(), "patch ids outside the grid")
 
 
 def _fx_symbolic_tracing() -> bool:
@@ -131,13 +148,18 @@ class Linear(nn.Linear):
     with either other kernel. On an Intel Xeon with AVX-512 and AMX, forward and backward
     through oneDNN took 1.1 to 1.6 times MKL's time.
     NOTE: ``"onednn_forward"`` was not compared with ``"onednn"`` on family 26, where the
-    default keeps oneDNN's backward pass; AMD families before 25 were not measured.
+    default keeps oneDNN's backward pass. Of family 25 only Zen 4 (model 17) was measured,
+    not Zen 3, and AMD families before 25 were not measured.
 
     The view needs no copy of a contiguous input, and parameters, state-dict keys and
     initialization are those of ``nn.Linear``. ``F.linear`` always runs for products
     under ``ONEDNN_MIN_MACS`` multiply-adds, for other dtypes and devices, under autocast,
     with one torch thread (PyTorch then picks its slow reference convolution, not oneDNN),
-    when ``torch.backends.mkldnn.enabled`` is false, and under TorchScript or FX tracing.
+    when ``torch.backends.mkldnn.enabled`` is false, under TorchScript or FX tracing, and
+    under ``torch.compile``, which chooses its own kernels. PyTorch also sends a
+    convolution with few input elements (up to about 20 000) to its reference kernel, so
+    some products just above ``ONEDNN_MIN_MACS`` do not reach oneDNN. Inside
+    :func:`checkpointed`, ``"onednn_forward"`` layers take ``"onednn"``.
     """
 
     kernel: str | None = None
@@ -159,14 +181,16 @@ class Linear(nn.Linear):
         kernel = default_linear_kernel() if self.kernel is None else self.kernel
         if kernel not in LINEAR_KERNELS:
             raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
-        if kernel == "onednn_forward" and getattr(_checkpoint_state, "active", False):
-            # Checkpointing recomputes a block's forward pass only until its last saved tensor
-            # is stored again. The convolution stores its inputs before it computes, so the
-            # recomputation stops before the block's last product. The custom function
-            # stores them after its forward pass, which the recomputation would then run.
+        if kernel == "linear" or torch.compiler.is_compiling():
+            # Under torch.compile the compiler picks the products' kernels itself.
+            return "linear"
+        if kernel == "onednn_forward" and _checkpoint_state.active:
+            # With early stop (torch's default), checkpointing recomputes a block's forward
+            # pass only until its last saved tensor is stored again. The convolution stores
+            # its inputs before it computes, so the recomputation stops before the block's
+            # last product. The custom function stores them after its forward pass, which
+            # the recomputation would then run.
             kernel = "onednn"
-        if kernel == "linear":
-            return kernel
         onednn = (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
                   and torch.get_num_threads() > 1 and not _fx_symbolic_tracing()
                   and x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
@@ -187,16 +211,28 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
 
 
 class _OneDNNForwardLinear(torch.autograd.Function):
-    """Linear layer on ``(rows, C)``: forward as a oneDNN convolution, backward through MKL's GEMM."""
+    """Linear layer on ``(rows, C)``: forward as a oneDNN convolution, backward through MKL's GEMM.
+
+    The backward pass is built from differentiable operators, so double backward works,
+    ``torch.func`` transforms get a generated vmap rule, and ``jvp`` serves forward-mode AD.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return _onednn_conv(x, weight, bias)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, bias = inputs
+        # Keep only what the gradients need, as F.linear's backward does: the input for the
+        # weight gradient, the weight for the input gradient.
+        ctx.save_for_backward(x if weight.requires_grad else None, weight if x.requires_grad else None)
+        ctx.save_for_forward(x, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad
@@ -204,6 +240,17 @@ class _OneDNNForwardLinear(torch.autograd.Function):
         grad_weight = grad.t().mm(x) if needs_weight else None
         grad_bias = grad.sum(0) if needs_bias and ctx.has_bias else None
         return grad_x, grad_weight, grad_bias
+
+    @staticmethod
+    def jvp(ctx, x_t: torch.Tensor | None, weight_t: torch.Tensor | None, bias_t: torch.Tensor | None):
+        x, weight = ctx.saved_tensors
+        out_t = None
+        for term in (None if x_t is None else F.linear(x_t, weight),
+                     None if weight_t is None else F.linear(x, weight_t),
+                     bias_t):
+            if term is not None:
+                out_t = term if out_t is None else out_t + term
+        return out_t
 
 
 class Mlp(nn.Module):
@@ -515,11 +562,15 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-_checkpoint_state = threading.local()
+class _CheckpointState(threading.local):
+    active = False
+
+
+_checkpoint_state = _CheckpointState()
 
 
 def _run_checkpointed(function, *args, **kwargs):
-    previous = getattr(_checkpoint_state, "active", False)
+    previous = _checkpoint_state.active
     _checkpoint_state.active = True
     try:
         return function(*args, **kwargs)
@@ -527,12 +578,17 @@ def _run_checkpointed(function, *args, **kwargs):
         _checkpoint_state.active = previous
 
 
-def checkpointed(function, *args, **kwargs) -> torch.Tensor:
-    """Call ``function(*args, **kwargs)`` with non-reentrant activation checkpointing.
+def checkpointed(function, *args, **kwargs):
+    """Return ``function(*args, **kwargs)`` under non-reentrant activation checkpointing.
 
     Inside, :class:`Linear` layers take ``"onednn"`` where their kernel would be
-    ``"onednn_forward"``, so that the recomputation in the backward pass stops early.
+    ``"onednn_forward"``, so that checkpointing's early stop ends the recomputation in the
+    backward pass before each block's last product. Under ``torch.compile`` the function
+    is checkpointed as it is, since dynamo falls back to eager on the thread-local switch.
+    Keyword arguments go to ``function``, except those that ``checkpoint`` itself takes.
     """
+    if torch.compiler.is_compiling():
+        return checkpoint(function, *args, use_reentrant=False, **kwargs)
     return checkpoint(partial(_run_checkpointed, function), *args, use_reentrant=False, **kwargs)
 
 

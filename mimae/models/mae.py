@@ -190,7 +190,7 @@ class MAE(BaseModel):
         keep = ids_keep.shape[-1]
         ids = ids_keep.reshape(batch, -1)
         if ids.shape[1] < num_patches:
-            # Fewer visible patches than patches (plain MAE: a quarter): embed those only.
+            # Fewer visible ids, over all views, than patches (plain MAE: a quarter): embed those only.
             visible, grid = self.encoder.embed_patches(imgs, ids)
         else:
             tokens, grid = self.encoder.embed_patches(imgs)
@@ -218,7 +218,10 @@ class MAE(BaseModel):
         target = self.reconstruction_target(imgs).unsqueeze(1)  # broadcast over views, no copy
         mask = views["mask"]
         num_masked = mask.shape[-1] - ids_keep.shape[-1]
-        if full_prediction or num_masked == 0:
+        if num_masked == 0:
+            raise ValueError(f"mask_ratio {self.mask_ratio} masks none of the {mask.shape[-1]} patches, so there "
+                             "is nothing to reconstruct; use a ratio that hides at least one patch")
+        if full_prediction:
             pred = self.decoder(views["latent"], ids_keep, views["grid"])
             pred = pred.reshape(batch, self.num_views, *pred.shape[1:])
             per_patch = (pred.float() - target.float()).pow(2).mean(dim=-1)  # (B, N, L)
