@@ -144,8 +144,9 @@ class Linear(nn.Linear):
     family 26 (Zen 5), forward and backward through oneDNN took about half of MKL's time.
     On an AMD EPYC of family 25 (Zen 4), oneDNN's forward pass took 0.89 to 1.16 times
     MKL's time and its backward pass 0.96 to 1.36 times, so ``"onednn_forward"`` was
-    the fastest there: the ViT-B encoder step on 196 tokens took about 4 % less time than
-    with either other kernel. On an Intel Xeon with AVX-512 and AMX, forward and backward
+    the fastest there, by a small margin: in three comparisons the ViT-B encoder step on
+    196 tokens took 0.5 to 4 % less time than through oneDNN and 1 to 4 % less than
+    through ``F.linear``. On an Intel Xeon with AVX-512 and AMX, forward and backward
     through oneDNN took 1.1 to 1.6 times MKL's time.
     NOTE: ``"onednn_forward"`` was not compared with ``"onednn"`` on family 26, where the
     default keeps oneDNN's backward pass. Of family 25 only Zen 4 (model 17) was measured,
