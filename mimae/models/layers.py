@@ -437,11 +437,12 @@ def compiled_attention_works() -> bool:
 def _try_compiled_attention() -> bool:
     try:
         generator = torch.Generator().manual_seed(0)
-        q, k, v = (torch.randn(2, 2, 8, 8, generator=generator).to(torch.bfloat16).requires_grad_()
-                   for _ in range(3))
         with (torch.inference_mode(False), torch.enable_grad(),
               torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t),
               torch.autocast("cpu", dtype=torch.bfloat16)):
+            # Made here, so that under inference mode they are still normal tensors.
+            q, k, v = (torch.randn(2, 2, 8, 8, generator=generator).to(torch.bfloat16).requires_grad_()
+                       for _ in range(3))
             out = compiled_attention(q, k, v)
             out.float().sum().backward()
         return True
