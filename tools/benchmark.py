@@ -625,6 +625,9 @@ def data_loading_share(mode: str, iters: int, log_interval: int = 10, skip: int 
                 command = [sys.executable, "-c", _TIMED_TRAIN, waits_file, osp.join(ROOT, "tools/train.py"), config,
                            "--work-dir", work_dir, "--cfg-options", f"train_cfg.max_iters={iters}",
                            f"default_hooks.logger.interval={log_interval}",
+                           # Each logged time then averages its own interval only, not the
+                           # default 10 iterations, which reach back into the skipped start.
+                           f"log_processor.window_size={log_interval}",
                            f"default_hooks.checkpoint.interval={iters}", "default_hooks.checkpoint.save_last=False"]
                 print(f"  demo run: {name}, {iters} iterations", flush=True)
                 completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
