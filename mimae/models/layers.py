@@ -565,6 +565,8 @@ class Block(nn.Module):
 
 
 class _CheckpointState(threading.local):
+    """Per-thread flag that tells whether the current call runs inside :func:`checkpointed`."""
+
     active = False
 
 
