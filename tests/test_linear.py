@@ -333,7 +333,7 @@ def test_onednn_forward_function_gradgradcheck():
     assert torch.autograd.gradgradcheck(layers._OneDNNForwardLinear.apply, (x, weight, bias))
 
 
-@pytest.mark.parametrize("kernel", ["linear", "onednn", "onednn_forward"])
+@pytest.mark.parametrize("kernel", [None, "linear", "onednn", "onednn_forward"])
 def test_compiled_checkpointed_encoder_has_one_graph(kernel):
     """torch.compile captures the checkpointed blocks whole: Linear leaves the kernel choice
     to the compiler, and ``checkpointed`` skips its thread-local switch."""

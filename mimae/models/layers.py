@@ -179,11 +179,14 @@ class Linear(nn.Linear):
 
     @torch.jit.unused
     def _cpu_kernel(self, x: torch.Tensor) -> str:
+        if torch.compiler.is_compiling():
+            # The compiler picks the products' kernels itself. This comes first: tracing
+            # the CPU lookup (a file read) would break the graph at every layer.
+            return "linear"
         kernel = default_linear_kernel() if self.kernel is None else self.kernel
         if kernel not in LINEAR_KERNELS:
             raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
-        if kernel == "linear" or torch.compiler.is_compiling():
-            # Under torch.compile the compiler picks the products' kernels itself.
+        if kernel == "linear":
             return "linear"
         if kernel == "onednn_forward" and _checkpoint_state.active:
             # With early stop (torch's default), checkpointing recomputes a block's forward
