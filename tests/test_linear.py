@@ -36,16 +36,28 @@ def run(layer: Linear, x: torch.Tensor):
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
     grads = (x.grad, layer.weight.grad, layer.bias.grad)
     layer.zero_grad(set_to_none=True)
-    return out.detach(), grads, {event.key for event in prof.key_averages()}
+    return out.detach(), grads, op_counts(prof)
 
 
-def kernel_ops(ops: set[str]) -> tuple[bool, bool]:
-    """Return whether oneDNN ran the forward pass and whether it ran the backward pass."""
-    return "aten::mkldnn_convolution" in ops, "aten::convolution_backward" in ops
+def op_counts(prof) -> dict[str, int]:
+    return {event.key: event.count for event in prof.key_averages()}
+
+
+def kernel_ran(counts: dict[str, int], input_grad: bool = True) -> str:
+    """Name the kernel whose operators ran forward and backward of one layer."""
+    conv = counts.get("aten::mkldnn_convolution", 0), counts.get("aten::convolution_backward", 0)
+    linear_op = counts.get("mkldnn::_linear_pointwise", 0)
+    if conv == (1, 1) and linear_op == 0:
+        return "onednn"
+    if conv == (0, 0) and linear_op == 1 + input_grad:  # forward pass, then the input gradient
+        return "onednn_linear"
+    if conv == (0, 0) and linear_op == 0:
+        return "linear"
+    return f"unexpected operator counts {counts}"
 
 
 @needs_onednn
-@pytest.mark.parametrize("kernel", ["onednn", "onednn_forward"])
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_linear"])
 @pytest.mark.parametrize("shape", [(4, 100, 256), (400, 256)])
 def test_onednn_kernels_match_f_linear(shape, kernel):
     torch.manual_seed(0)
@@ -55,12 +67,12 @@ def test_onednn_kernels_match_f_linear(shape, kernel):
         try:
             Linear.kernel = kernel
             out, grads, ops = run(layer, x)
-            assert kernel_ops(ops) == (True, kernel == "onednn"), ops
+            assert kernel_ran(ops) == kernel
             Linear.kernel = "linear"
             ref_out, ref_grads, ref_ops = run(layer, x)
         finally:
             Linear.kernel = None
-    assert not any("convolution" in name for name in ref_ops)
+    assert kernel_ran(ref_ops) == "linear"
     assert out.shape == ref_out.shape == (*shape[:-1], 768)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-4)
     for got, expected in zip(grads, ref_grads):
@@ -68,17 +80,17 @@ def test_onednn_kernels_match_f_linear(shape, kernel):
 
 
 @needs_onednn
-def test_onednn_forward_without_bias_or_input_grad():
+def test_onednn_linear_without_bias_or_input_grad():
     torch.manual_seed(0)
     layer, reference = Linear(256, 768, bias=False), torch.nn.Linear(256, 768, bias=False)
     reference.load_state_dict(layer.state_dict())
-    layer.kernel = "onednn_forward"
+    layer.kernel = "onednn_linear"
     x = torch.randn(3, 200, 256)  # no grad: the backward pass computes the weight gradient only
     upstream = torch.randn(3, 200, 768)
     with threads(2), profile(activities=[ProfilerActivity.CPU]) as prof:
         layer(x).backward(upstream)
         reference(x).backward(upstream)
-    assert kernel_ops({event.key for event in prof.key_averages()}) == (True, False)
+    assert kernel_ran(op_counts(prof), input_grad=False) == "onednn_linear"
     torch.testing.assert_close(layer.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-3)
     x = x.requires_grad_()
     with threads(2):
@@ -87,18 +99,19 @@ def test_onednn_forward_without_bias_or_input_grad():
 
 
 @needs_onednn
-def test_onednn_forward_kernel_under_checkpointing():
+def test_onednn_linear_kernel_under_checkpointing():
     torch.manual_seed(0)
     block = Block(256, 8)
     x = torch.randn(2, 64, 256, requires_grad=True)
     with threads(2):
         try:
-            Linear.kernel = "onednn_forward"
+            Linear.kernel = "onednn_linear"
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 out = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
                 grads = torch.autograd.grad(out.sum(), [x, block.mlp.fc1.weight])
-            # torch's own checkpoint keeps the kernel: oneDNN forward, MKL backward.
-            assert kernel_ops({event.key for event in prof.key_averages()}) == (True, False)
+            # torch's own checkpoint keeps the kernel: no convolution runs.
+            ops = op_counts(prof)
+            assert ops.get("mkldnn::_linear_pointwise", 0) > 0 and "aten::mkldnn_convolution" not in ops, ops
             Linear.kernel = "linear"
             ref = block(x)
             ref_grads = torch.autograd.grad(ref.sum(), [x, block.mlp.fc1.weight])
@@ -112,8 +125,8 @@ def test_onednn_forward_kernel_under_checkpointing():
 @needs_onednn
 @pytest.mark.parametrize("vendor, family, kernel", [
     ("AuthenticAMD", "26", "onednn"),
-    ("AuthenticAMD", "25", "onednn_forward"),
-    ("AuthenticAMD", "", "onednn_forward"),
+    ("AuthenticAMD", "25", "onednn_linear"),
+    ("AuthenticAMD", "", "onednn_linear"),
     ("GenuineIntel", "6", "linear"),
     ("", "", "linear"),
 ])
@@ -124,16 +137,16 @@ def test_default_kernel_follows_cpu(monkeypatch, vendor, family, kernel):
     layer = Linear(256, 768)
     with threads(2):
         _, _, ops = run(layer, torch.randn(400, 256))
-        assert kernel_ops(ops) == (kernel != "linear", kernel == "onednn")
+        assert kernel_ran(ops) == kernel
         layer.kernel = "onednn" if kernel == "linear" else "linear"  # an explicit setting wins
         _, _, ops = run(layer, torch.randn(400, 256))
-        assert kernel_ops(ops) == (kernel == "linear", kernel == "linear")
+        assert kernel_ran(ops) == layer.kernel
 
 
 def test_invalid_kernel_names_the_choices():
     layer = Linear(256, 768)
     layer.kernel = "mkl"
-    with pytest.raises(ValueError, match="'mkl'.*'linear', 'onednn', 'onednn_forward'"):
+    with pytest.raises(ValueError, match="'mkl'.*'linear', 'onednn', 'onednn_linear'"):
         layer(torch.randn(4, 256))
 
 
@@ -148,7 +161,7 @@ def test_cpu_fields_read_proc_cpuinfo():
 
 
 @needs_onednn
-@pytest.mark.parametrize("kernel", ["onednn", "onednn_forward"])
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_linear"])
 def test_non_contiguous_input(kernel):
     torch.manual_seed(0)
     layer = Linear(256, 768)
@@ -158,7 +171,10 @@ def test_non_contiguous_input(kernel):
         out = layer(x)
         torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
         (grad_x,) = torch.autograd.grad(out.sum(), x)
+        upstream = torch.randn(768, 100, 4).permute(2, 1, 0)  # a non-contiguous output gradient
+        (grad_strided,) = torch.autograd.grad(layer(x), x, upstream)
     torch.testing.assert_close(grad_x, layer.weight.sum(0).expand(4, 100, -1), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad_strided, upstream @ layer.weight, rtol=1e-5, atol=1e-4)
 
 
 def test_plain_linear_fallback_cases():
@@ -177,7 +193,7 @@ def test_plain_linear_fallback_cases():
         with threads(count), autocast, profile(activities=[ProfilerActivity.CPU]) as prof:
             call()
         ops = {event.key for event in prof.key_averages()}
-        assert not any("convolution" in op for op in ops), name
+        assert not any("convolution" in op or "_linear_pointwise" in op for op in ops), name
     assert list(big.state_dict()) == ["weight", "bias"]
     assert isinstance(big, torch.nn.Linear)
 
@@ -285,7 +301,7 @@ def test_checkpoint_recompute_skips_last_product():
 
     with threads(2):
         try:
-            flops, grads = step("onednn_forward")
+            flops, grads = step("onednn_linear")
             conv_flops, conv_grads = step("onednn")
             plain_flops, plain_grads = step("linear")
         finally:
@@ -299,8 +315,8 @@ def test_checkpoint_recompute_skips_last_product():
 
 
 @needs_onednn
-def test_onednn_forward_kernel_higher_order_gradients():
-    """Double backward, ``torch.func.grad`` and forward-mode AD through ``onednn_forward``
+def test_onednn_linear_kernel_higher_order_gradients():
+    """Double backward, ``torch.func.grad`` and forward-mode AD through ``onednn_linear``
     give what ``F.linear`` gives."""
     from torch.func import functional_call, grad, jvp
 
@@ -310,7 +326,7 @@ def test_onednn_forward_kernel_higher_order_gradients():
     tangent = torch.randn(400, 256)
     results = {}
     with threads(2):
-        for kernel in ["onednn_forward", "linear"]:
+        for kernel in ["onednn_linear", "linear"]:
             layer.kernel = kernel
             layer.zero_grad(set_to_none=True)
             inputs = x.clone().requires_grad_()
@@ -321,19 +337,19 @@ def test_onednn_forward_kernel_higher_order_gradients():
             func_grads = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
             _, out_tangent = jvp(layer, (x,), (tangent,))
             results[kernel] = [layer.weight.grad, func_grads["weight"], func_grads["bias"], out_tangent]
-    for got, expected in zip(results["onednn_forward"], results["linear"]):
+    for got, expected in zip(results["onednn_linear"], results["linear"]):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-2)
 
 
-def test_onednn_forward_function_gradgradcheck():
+def test_onednn_linear_function_gradgradcheck():
     x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(layers._OneDNNForwardLinear.apply, (x, weight, bias))
-    assert torch.autograd.gradgradcheck(layers._OneDNNForwardLinear.apply, (x, weight, bias))
+    assert torch.autograd.gradcheck(layers._OneDNNLinear.apply, (x, weight, bias))
+    assert torch.autograd.gradgradcheck(layers._OneDNNLinear.apply, (x, weight, bias))
 
 
-@pytest.mark.parametrize("kernel", [None, "linear", "onednn", "onednn_forward"])
+@pytest.mark.parametrize("kernel", [None, "linear", "onednn", "onednn_linear"])
 def test_compiled_checkpointed_encoder_has_one_graph(kernel):
     """torch.compile captures the checkpointed blocks whole: Linear leaves the kernel choice
     to the compiler, and ``checkpointed`` skips its thread-local switch."""

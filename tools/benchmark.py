@@ -226,7 +226,7 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
 LINEAR_KERNEL_LABELS = {
     "linear": "through F.linear (MKL)",
     "onednn": "as oneDNN 1x1 convolutions",
-    "onednn_forward": "as oneDNN 1x1 convolutions, backward through MKL",
+    "onednn_linear": "through oneDNN's linear operator, weight gradients through MKL",
 }
 
 
@@ -244,7 +244,7 @@ def mae_variant(base: Workload, variant: str) -> Workload:
 
     - ``default_adamw``: torch's default AdamW kernel, with its own optimizer state.
     - ``linear_<kernel>``: every large float32 ``mimae`` linear layer on that
-      ``Linear.kernel`` (``linear``, ``onednn`` or ``onednn_forward``) instead of this
+      ``Linear.kernel`` (``linear``, ``onednn`` or ``onednn_linear``) instead of this
       CPU's default.
     - ``checkpointed``: activation checkpointing in every encoder and decoder block.
     - ``flash_fp32_attention``, ``flash_attention``: that ``Attention.cpu_autocast_kernel``

@@ -112,45 +112,48 @@ def cpu_family() -> int | None:
     return int(family) if family.isdigit() else None
 
 
-LINEAR_KERNELS = ("linear", "onednn", "onednn_forward")
+LINEAR_KERNELS = ("linear", "onednn", "onednn_linear")
 
 
 def default_linear_kernel() -> str:
     """Return the float32 CPU kernel that :class:`Linear` takes by default on this CPU.
 
-    ``"onednn"`` on AMD CPUs of family 26 or later, ``"onednn_forward"`` on older AMD CPUs
+    ``"onednn"`` on AMD CPUs of family 26 or later, ``"onednn_linear"`` on older AMD CPUs
     and ``"linear"`` elsewhere (see :class:`Linear`).
     """
     if cpu_vendor() != "AuthenticAMD":
         return "linear"
     family = cpu_family()
-    return "onednn" if family is not None and family >= 26 else "onednn_forward"
+    return "onednn" if family is not None and family >= 26 else "onednn_linear"
 
 
 class Linear(nn.Linear):
     """``nn.Linear`` that can run large float32 products on the CPU through oneDNN.
 
-    On the CPU ``F.linear`` calls MKL's GEMM. The same product written as a 1 x 1
-    convolution over a channels-last view of the input runs in oneDNN instead.
-    ``kernel`` chooses, for float32 inputs on the CPU:
+    On the CPU ``F.linear`` calls MKL's GEMM. PyTorch also reaches oneDNN's products, by
+    two routes: a 1 x 1 convolution over a channels-last view of the input, and the
+    linear (inner product) operator that ``torch.compile`` uses for CPU linear layers
+    (``torch.ops.mkldnn._linear_pointwise``). ``kernel`` chooses, for float32 inputs on
+    the CPU:
 
     - ``"linear"``: ``F.linear``, forward and backward through MKL.
     - ``"onednn"``: forward and backward as a oneDNN convolution.
-    - ``"onednn_forward"``: forward as a oneDNN convolution, and the backward pass as the
-      two matrix products and bias sum that ``F.linear``'s backward runs.
+    - ``"onednn_linear"``: the forward pass and the input gradient through oneDNN's
+      linear operator, the weight gradient and bias sum as ``F.linear``'s backward
+      computes them (MKL).
     - ``None`` (default): :func:`default_linear_kernel` for this CPU.
 
     Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
-    family 26 (Zen 5), forward and backward through oneDNN took about half of MKL's time.
-    On an AMD EPYC of family 25 (Zen 4), oneDNN's forward pass took 0.89 to 1.16 times
-    MKL's time and its backward pass 0.96 to 1.36 times, so ``"onednn_forward"`` was
-    the fastest there, by a small margin: in three comparisons the ViT-B encoder step on
-    196 tokens took 0.5 to 4 % less time than through oneDNN and 1 to 4 % less than
-    through ``F.linear``. On an Intel Xeon with AVX-512 and AMX, forward and backward
-    through oneDNN took 1.1 to 1.6 times MKL's time.
-    NOTE: ``"onednn_forward"`` was not compared with ``"onednn"`` on family 26, where the
-    default keeps oneDNN's backward pass. Of family 25 only Zen 4 (model 17) was measured,
-    not Zen 3, and AMD families before 25 were not measured.
+    family 26 (Zen 5), forward and backward through the oneDNN convolution took about
+    half of MKL's time. On an AMD EPYC of family 25 (Zen 4), timed alone, oneDNN's
+    linear operator ran the forward products and input gradients at 209 to 219 GFLOP/s,
+    against 171 to 202 through MKL and 182 to 219 through the convolution; for the
+    weight gradients MKL was the fastest of the three. On an Intel Xeon with AVX-512 and
+    AMX, forward and backward through the oneDNN convolution took 1.1 to 1.6 times MKL's
+    time.
+    NOTE: ``"onednn_linear"`` was measured on family 25 only, and there on Zen 4
+    (model 17) only. Family 26 keeps the convolution, and Intel CPUs keep MKL, because
+    the linear operator was not timed on them.
 
     The view needs no copy of a contiguous input, and parameters, state-dict keys and
     initialization are those of ``nn.Linear``. ``F.linear`` always runs for products
@@ -159,8 +162,9 @@ class Linear(nn.Linear):
     when ``torch.backends.mkldnn.enabled`` is false, under TorchScript or FX tracing, and
     under ``torch.compile``, which chooses its own kernels. PyTorch also sends a
     convolution with few input elements (up to about 20 000) to its reference kernel, so
-    some products just above ``ONEDNN_MIN_MACS`` do not reach oneDNN. Inside
-    :func:`checkpointed`, ``"onednn_forward"`` layers take ``"onednn"``.
+    some products just above ``ONEDNN_MIN_MACS`` do not reach oneDNN through the
+    convolution. Inside :func:`checkpointed`, ``"onednn_linear"`` layers take
+    ``"onednn"``.
     """
 
     kernel: str | None = None
@@ -171,9 +175,9 @@ class Linear(nn.Linear):
             kernel = self._cpu_kernel(x)
             if kernel == "onednn":
                 return _onednn_conv(x, self.weight, self.bias)
-            if kernel == "onednn_forward":
+            if kernel == "onednn_linear":
                 rows = x.numel() // self.in_features
-                out = _OneDNNForwardLinear.apply(x.reshape(rows, self.in_features), self.weight, self.bias)
+                out = _OneDNNLinear.apply(x.reshape(rows, self.in_features), self.weight, self.bias)
                 return out.reshape(*x.shape[:-1], self.out_features)
         return F.linear(x, self.weight, self.bias)
 
@@ -188,7 +192,7 @@ class Linear(nn.Linear):
             raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
         if kernel == "linear":
             return "linear"
-        if kernel == "onednn_forward" and _checkpoint_state.active:
+        if kernel == "onednn_linear" and _checkpoint_state.active:
             # With early stop (torch's default), checkpointing recomputes a block's forward
             # pass only until its last saved tensor is stored again. The convolution stores
             # its inputs before it computes, so the recomputation stops before the block's
@@ -214,18 +218,29 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
 
 
-class _OneDNNForwardLinear(torch.autograd.Function):
-    """Linear layer on ``(rows, C)``: forward as a oneDNN convolution, backward through MKL's GEMM.
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Compute ``F.linear(x, weight, bias)`` for a 2-D float32 ``x`` with oneDNN's linear operator."""
+    if x.dtype != torch.float32:  # float64, in gradient checks: the operator rejects it
+        return F.linear(x, weight, bias)
+    # The operator rejects an input with strided rows; a transposed weight is accepted.
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
-    The backward pass is built from differentiable operators, so double backward works,
-    ``torch.func`` transforms get a generated vmap rule, and ``jvp`` serves forward-mode AD.
+
+class _OneDNNLinear(torch.autograd.Function):
+    """Linear layer on ``(rows, C)``: forward pass and input gradient through oneDNN's linear
+    operator, weight gradient and bias sum as ``F.linear``'s backward computes them.
+
+    oneDNN's operator has no derivative of its own. When the backward pass is itself
+    differentiated (``create_graph=True``), it runs as differentiable matrix products, so
+    double backward works; ``torch.func`` transforms get a generated vmap rule, and
+    ``jvp`` serves forward-mode AD.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return _onednn_conv(x, weight, bias)
+        return _onednn_linear(x, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -240,9 +255,13 @@ class _OneDNNForwardLinear(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         needs_x, needs_weight, needs_bias = ctx.needs_input_grad
-        grad_x = grad.mm(weight) if needs_x else None
-        grad_weight = grad.t().mm(x) if needs_weight else None
-        grad_bias = grad.sum(0) if needs_bias and ctx.has_bias else None
+        grad_x = grad_weight = grad_bias = None
+        if needs_x:
+            grad_x = grad.mm(weight) if torch.is_grad_enabled() else _onednn_linear(grad, weight.t(), None)
+        if needs_weight:
+            grad_weight = grad.t().mm(x)
+        if needs_bias and ctx.has_bias:
+            grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
 
     @staticmethod
@@ -589,7 +608,7 @@ def checkpointed(function, *args, **kwargs):
     """Return ``function(*args, **kwargs)`` under non-reentrant activation checkpointing.
 
     Inside, :class:`Linear` layers take ``"onednn"`` where their kernel would be
-    ``"onednn_forward"``, so that checkpointing's early stop ends the recomputation in the
+    ``"onednn_linear"``, so that checkpointing's early stop ends the recomputation in the
     backward pass before each block's last product. Under ``torch.compile`` the function
     is checkpointed as it is, since dynamo falls back to eager on the thread-local switch.
     Keyword arguments go to ``function``, except those that ``checkpoint`` itself takes.
