@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,6 +120,36 @@ def test_gemm_fraction_target_fp32_only():
     targets = {t["target"]: t for t in benchmark.evaluate_targets(slow, 4, {}, "fp32")}
     assert targets["MAE step FLOP/s / best GEMM FLOP/s"]["passed"] is False
     assert "reported (fp32 target)" in benchmark.format_targets(benchmark.evaluate_targets(results, 4, {}, "bf16"))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+def test_every_linear_kernel_counts_the_same_flops():
+    """The FLOP counter sees the convolution and oneDNN's linear operator as it sees F.linear,
+    and the profile groups their time as matrix products."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+    from mimae.models.layers import LINEAR_KERNELS, Linear
+
+    benchmark.register_onednn_linear_flops()
+    torch.manual_seed(0)
+    layer = Linear(256, 768)
+    x = torch.randn(2, 200, 256, requires_grad=True)
+    counts, groups = {}, {}
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # oneDNN runs with more than one thread only
+    try:
+        for kernel in LINEAR_KERNELS:
+            layer.kernel = kernel
+            workload = benchmark.Workload(kernel, kernel, 2, lambda: layer(x).sum().backward())
+            benchmark.count_flops(workload)
+            counts[kernel] = workload.flops
+            breakdown = benchmark.profile_breakdown(workload, workload.flops_by_op)
+            groups[kernel] = breakdown["share_by_group"][benchmark.MATRIX_PRODUCTS]
+    finally:
+        torch.set_num_threads(saved)
+    # forward, input gradient and weight gradient: 3 products of 400 x 256 x 768
+    assert counts == {kernel: 3 * 2 * 400 * 256 * 768 for kernel in LINEAR_KERNELS}
+    assert all(share > 0.5 for share in groups.values()), groups
 
 
 def test_page_fault_warning_names_workloads():

@@ -383,3 +383,14 @@ def test_patch_embed_rejects_bad_ids(ids, message):
     embed = PatchEmbed(patch_size=8, in_chans=3, embed_dim=32)
     with pytest.raises(ValueError, match=message):
         embed(torch.randn(2, 3, 24, 40), ids)
+
+
+@needs_onednn
+def test_missing_linear_operator_takes_the_convolution(monkeypatch):
+    """A PyTorch build without the private operator runs the convolution instead."""
+    monkeypatch.setattr(layers, "_onednn_linear_available", lambda: False)
+    layer = Linear(256, 768)
+    layer.kernel = "onednn_linear"
+    with threads(2):
+        _, _, ops = run(layer, torch.randn(400, 256))
+    assert kernel_ran(ops) == "onednn"

@@ -12,7 +12,7 @@ Measured per workload:
   mmpretrain, as their recipes build it. A backbone or encoder step is forward and
   backward with a fixed random gradient on every output.
 * FLOPs per step, counted once with ``torch.utils.flop_counter.FlopCounterMode``
-  (matrix products, convolutions and attention), and the FLOP/s they give at the
+  (matrix products, convolutions, oneDNN's linear operator and attention), and the FLOP/s they give at the
   median time.
 * peak tensor memory during one step. On CUDA: ``torch.cuda.max_memory_allocated``.
   On the CPU: the maximum of the total of PyTorch's memory timeline
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import os.path as osp
 import platform
@@ -124,6 +125,22 @@ def register_cpu_attention_flops() -> None:
         @flop_counter.register_flop_formula(backward)
         def _backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
             return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def register_onednn_linear_flops() -> None:
+    """Teach ``FlopCounterMode`` oneDNN's linear operator, which mimae's ``Linear`` runs on some CPUs.
+
+    torch 2.14's counter has no formula for ``mkldnn::_linear_pointwise`` and would count
+    it as zero FLOPs. A product of ``rows x in`` with ``out x in`` counts ``2 rows in out``.
+    """
+    packet = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+    if packet is None or packet in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(packet)
+    def _linear(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = math.prod(x_shape[:-1])
+        return 2 * rows * weight_shape[0] * weight_shape[1]
 
 
 def count_flops(workload: Workload) -> None:
@@ -487,14 +504,17 @@ def measure_peak_memory(workload: Workload, device: torch.device) -> None:
     workload.peak_bytes = max(sum(categories) for categories in sizes) if sizes else None
 
 
-# mimae's Linear runs large CPU float32 products as 1 x 1 convolutions, so convolutions
-# count as matrix products (the patch embedding's convolution is among them).
-GEMM_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution", "aten.convolution_backward")
-MATRIX_PRODUCTS = "matrix products (mm, addmm, bmm, convolutions)"
+# mimae's Linear runs large CPU float32 products as 1 x 1 convolutions or through oneDNN's
+# linear operator, so both count as matrix products (the patch embedding's convolution is
+# among them).
+GEMM_OPS = ("aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten.convolution", "aten.convolution_backward",
+            "mkldnn._linear_pointwise")
+MATRIX_PRODUCTS = "matrix products (mm, addmm, bmm, convolutions, oneDNN linear)"
 OP_GROUPS = (
     (MATRIX_PRODUCTS, ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
                        "aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution",
-                       "aten::thnn_conv2d", "aten::_slow_conv2d", "aten::cudnn_convolution")),
+                       "aten::thnn_conv2d", "aten::_slow_conv2d", "aten::cudnn_convolution",
+                       "mkldnn::_linear_pointwise")),
     # Only attention is compiled in mimae, so the compiled graphs and their wrappers count as
     # attention; the matrix products inside them are aten::bmm calls.
     ("attention kernels, or compiled attention outside its products",
@@ -960,6 +980,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was requested but torch.cuda.is_available() is False")
     register_cpu_attention_flops()
+    register_onednn_linear_flops()
     arch = QUICK_ARCH if args.quick else Arch()
     mmpretrain_version = None if args.no_mmpretrain else mmpretrain_available()
     report = dict(command=" ".join([osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), machine=machine_info(device),

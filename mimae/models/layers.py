@@ -163,8 +163,8 @@ class Linear(nn.Linear):
     under ``torch.compile``, which chooses its own kernels. PyTorch also sends a
     convolution with few input elements (up to about 20 000) to its reference kernel, so
     some products just above ``ONEDNN_MIN_MACS`` do not reach oneDNN through the
-    convolution. Inside :func:`checkpointed`, ``"onednn_linear"`` layers take
-    ``"onednn"``.
+    convolution. Inside :func:`checkpointed`, and in a PyTorch build without the private
+    linear operator, ``"onednn_linear"`` layers take ``"onednn"``.
     """
 
     kernel: str | None = None
@@ -192,6 +192,8 @@ class Linear(nn.Linear):
             raise ValueError(f"invalid Linear.kernel {kernel!r}: expected None or one of {LINEAR_KERNELS}")
         if kernel == "linear":
             return "linear"
+        if kernel == "onednn_linear" and not _onednn_linear_available():
+            kernel = "onednn"
         if kernel == "onednn_linear" and _checkpoint_state.active:
             # With early stop (torch's default), checkpointing recomputes a block's forward
             # pass only until its last saved tensor is stored again. The convolution stores
@@ -216,6 +218,12 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     image = x.reshape(1, rows, 1, channels).permute(0, 3, 1, 2)
     out = F.conv2d(image, weight[:, :, None, None], bias)
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+
+
+@cache
+def _onednn_linear_available() -> bool:
+    """Return whether this PyTorch build has the oneDNN linear operator (a private one, used by ``torch.compile``)."""
+    return hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
