@@ -394,3 +394,33 @@ def test_missing_linear_operator_takes_the_convolution(monkeypatch):
     with threads(2):
         _, _, ops = run(layer, torch.randn(400, 256))
     assert kernel_ran(ops) == "onednn"
+
+
+@pytest.mark.parametrize("keys, mask, explicit", [(50, False, True), (128, False, True), (129, False, False),
+                                                  (50, True, False)])
+def test_short_float32_attention_is_written_out(keys, mask, explicit):
+    """Float32 CPU attention over at most ``cpu_explicit_max_keys`` keys without a mask runs
+    as products and a softmax; it gives the flash kernel's output and gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, keys, 16, requires_grad=True) for _ in range(3))
+    attn_mask = torch.randn(keys, keys) if mask else None
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = layers.attend(q, k, v, attn_mask)
+    ops = {event.key for event in prof.key_averages()}
+    assert ("aten::_softmax" in ops) is explicit, ops
+    assert any(op.startswith("aten::_scaled_dot_product") for op in ops) is not explicit, ops
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, [q, k, v], upstream)
+    expected_grads = torch.autograd.grad(expected, [q, k, v], upstream)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_explicit_attention_setting_zero_keeps_flash(monkeypatch):
+    monkeypatch.setattr(layers.Attention, "cpu_explicit_max_keys", 0)
+    q = k = v = torch.randn(2, 3, 50, 16)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        layers.attend(q, k, v)
+    assert "aten::_softmax" not in {event.key for event in prof.key_averages()}

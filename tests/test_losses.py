@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from mimae.models import CLUB, MAE, MIMAE, MINE, InfoNCE
 from mimae.models.mae import masked_ids
@@ -64,6 +65,49 @@ def test_masked_prediction_matches_full():
         assert grads_masked.keys() == grads_full.keys()
         for name in grads_full:
             torch.testing.assert_close(grads_masked[name], grads_full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("with_cp", [False, True])
+def test_decoder_equals_its_blocks_on_the_full_sequence(with_cp):
+    """The first block runs the mask-token rows once for all samples; the prediction and
+    every gradient equal those of the blocks applied to the whole (B, 1 + L, D) input."""
+    from mimae.models.mae import MAEDecoder
+
+    torch.manual_seed(0)
+    decoder = MAEDecoder(encoder_dim=32, embed_dim=16, depth=2, num_heads=2, patch_size=8, grid_size=(4, 6),
+                         with_cp=with_cp)
+    latent = torch.randn(3, 1 + 5, 32, requires_grad=True)
+    ids_keep = torch.stack([torch.randperm(24)[:5] for _ in range(3)])
+
+    def reference() -> torch.Tensor:
+        x = decoder.embed(latent)
+        slots = torch.cat([ids_keep.new_zeros(3, 1), ids_keep + 1], dim=1)
+        full = decoder.mask_token.expand(3, 25, -1).scatter(1, slots[..., None].expand(-1, -1, 16), x)
+        full = full + decoder.pos_embed
+        for block in decoder.blocks:
+            full = block(full)
+        return decoder.pred(decoder.norm(full)[:, 1:])
+
+    results = []
+    for run in (lambda: decoder(latent, ids_keep, (4, 6)), reference):
+        out = run()
+        params = [p for p in decoder.parameters() if p.requires_grad]  # not the fixed position table
+        grads = torch.autograd.grad(out.square().sum(), [latent, *params], allow_unused=True)
+        results.append((out, grads))
+    (out, grads), (expected, expected_grads) = results
+    assert out.shape == (3, 24, 8 * 8 * 3)
+    flops = []
+    for run in (lambda: decoder(latent, ids_keep, (4, 6)), reference):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        flops.append(counter.get_total_flops())
+    # The first qkv projection (16 -> 48) runs on 25 shared rows and 3 x 6 own rows, not on 3 x 25.
+    assert flops[1] - flops[0] == 2 * (3 * 25 - 25 - 3 * 6) * 16 * 48
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_masked_ids_ascending_per_view():

@@ -102,21 +102,30 @@ class MAEDecoder(nn.Module):
             pos_embed = self.pos_embed
         else:
             pos_embed = sincos_2d(self.embed_dim, grid_hw, 1).to(x.device)
-        # One (B, 1 + L, D) buffer of mask tokens receives the cls token in slot 0 and each
-        # visible token in slot 1 + its grid index. The position table is added in place.
-        # The buffer has the dtype of `x + pos_embed`, so under autocast the stream stays float32.
+        # The decoder input has 1 + L slots: the cls token in slot 0, each visible token in
+        # slot 1 + its grid index, and the mask token in the others, each plus its position
+        # embedding. It has the dtype of `x + pos_embed`, so under autocast the stream stays float32.
         dtype = torch.promote_types(x.dtype, pos_embed.dtype)
         slots = torch.cat([ids_keep.new_zeros(batch, 1), ids_keep + 1], dim=1)  # (B, 1 + K)
-        full = self.mask_token.to(dtype).expand(batch, 1 + num_patches, -1).clone()
-        full.scatter_(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), x.to(dtype))
-        x = full.add_(pos_embed)
-        if ids_predict is None:
-            x = self.norm(run_blocks(self.blocks, x, self.with_cp))
-            return self.pred(x[:, 1:])
-        rows = ids_predict + 1  # slot 0 is the cls token
+        masked = self.mask_token.to(dtype) + pos_embed  # (1, 1 + L, D): the same in every sample
+        visible = x.to(dtype) + gather_tokens(pos_embed.expand(batch, -1, -1), slots)
+        rows = None if ids_predict is None else ids_predict + 1  # slot 0 is the cls token
+        blocks = self.blocks if rows is None else self.blocks[:-1]
+        if len(blocks) == 0:
+            x = masked.expand(batch, -1, -1).scatter(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), visible)
+        else:
+            # The mask-token slots are the same in every sample, so the first block's norm and
+            # qkv projection run on them once instead of once per sample.
+            first = blocks[0]
+            if self.with_cp and visible.requires_grad:
+                x = checkpointed(first.forward_scattered, masked, slots, visible)
+            else:
+                x = first.forward_scattered(masked, slots, visible)
+            x = run_blocks(blocks[1:], x, self.with_cp)
+        if rows is None:
+            return self.pred(self.norm(x)[:, 1:])
         if len(self.blocks) == 0:
             return self.pred(self.norm(gather_tokens(x, rows)))
-        x = run_blocks(self.blocks[:-1], x, self.with_cp)
         last = self.blocks[-1]
         if self.with_cp and x.requires_grad:
             x = checkpointed(last.forward_rows, x, rows)
