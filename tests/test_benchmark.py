@@ -124,8 +124,8 @@ def test_gemm_fraction_target_fp32_only():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 def test_every_linear_kernel_counts_the_same_flops():
-    """The FLOP counter sees the convolution and oneDNN's linear operator as it sees F.linear,
-    and the profile groups their time as matrix products."""
+    """The FLOP counter counts the convolution and oneDNN's linear operator as it counts
+    F.linear, and the profile groups their time as matrix products."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import benchmark
     from mimae.models.layers import LINEAR_KERNELS, Linear

@@ -69,7 +69,7 @@ def test_masked_prediction_matches_full():
 
 @pytest.mark.parametrize("with_cp", [False, True])
 def test_decoder_equals_its_blocks_on_the_full_sequence(with_cp):
-    """The first block runs the mask-token rows once for all samples; the prediction and
+    """The first block runs the mask-token rows once for all samples. The prediction and
     every gradient equal those of the blocks applied to the whole (B, 1 + L, D) input."""
     from mimae.models.mae import MAEDecoder
 

@@ -382,10 +382,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Return ``softmax(q k^T / sqrt(d)) v`` for ``(B, heads, L, d)`` inputs, written out.
 
-    For the ViT-B encoder's 50 tokens per view (8 images, 12 heads of 64), forward and
-    backward took 3.4 ms against 4.3 ms for the CPU flash kernel, and for 100 tokens 9.7
-    against 12.4 ms; for 197 tokens the flash kernel was faster (AMD EPYC of family 25,
-    2 threads). The attention weights stay in memory for the backward pass,
+    On an AMD EPYC of family 25 with 2 threads, forward and backward for the ViT-B
+    encoder's 50 tokens per view (8 images, 12 heads of 64) took 3.4 ms against 4.3 ms
+    for the CPU flash kernel. For 100 tokens they took 9.7 against 12.4 ms. For 197
+    tokens the flash kernel was faster. The attention weights stay in memory for the backward pass,
     ``B * heads * L * L`` floats, where the flash kernel recomputes them.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)

@@ -48,9 +48,11 @@ class MAEDecoder(nn.Module):
     """Lightweight transformer that predicts the pixels of every patch from the visible latent.
 
     ``with_cp=True`` checkpoints the activations of each block and recomputes them in the
-    backward pass. The decoder runs on all ``1 + L`` tokens (in the training loss its last
-    block computes queries, projection and MLP for the masked patches only), so at the MAE
-    recipe sizes its activations are larger than the encoder's.
+    backward pass. The decoder runs on all ``1 + L`` tokens, so at the MAE recipe sizes its
+    activations are larger than the encoder's. Its first block normalizes and projects
+    the mask-token rows, which are the same in every sample, once per batch. In the
+    training loss its last block computes queries, projection and MLP for the masked
+    patches only.
     """
 
     def __init__(
