@@ -418,9 +418,31 @@ def test_short_float32_attention_is_written_out(keys, mask, explicit):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_explicit_attention_setting_zero_keeps_flash(monkeypatch):
+def test_zero_key_limit_keeps_flash(monkeypatch):
     monkeypatch.setattr(layers.Attention, "cpu_explicit_max_keys", 0)
     q = k = v = torch.randn(2, 3, 50, 16)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         layers.attend(q, k, v)
     assert "aten::_softmax" not in {event.key for event in prof.key_averages()}
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel", ["onednn", "onednn_linear"])
+def test_strided_bias(kernel):
+    """A bias that is a strided or expanded view gives F.linear's result."""
+    torch.manual_seed(0)
+    layer = Linear(256, 768)
+    layer.kernel = kernel
+    x = torch.randn(400, 256, requires_grad=True)
+    for bias in (torch.randn(1536)[::2], torch.randn(1).expand(768)):
+        layer.bias = torch.nn.Parameter(bias)
+        with threads(2):
+            out = layer(x)
+            (grad_bias,) = torch.autograd.grad(out.sum(), layer.bias)
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(grad_bias, torch.full_like(grad_bias, 400.0))
+
+
+def test_attention_with_empty_heads():
+    q = k = v = torch.randn(1, 1, 3, 0)
+    assert layers.attend(q, k, v).shape == (1, 1, 3, 0)

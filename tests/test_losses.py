@@ -110,6 +110,42 @@ def test_decoder_equals_its_blocks_on_the_full_sequence(with_cp):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("ids, message", [
+    ([[5, 5, 9]], r"repeats a patch id in row 0 \(\[5, 5, 9\]\)"),
+    ([[5, 24, 9]], r"range from 5 to 24, outside the grid's \[0, 24\)"),
+    ([[-1, 3, 9]], r"range from -1 to 9"),
+])
+def test_decoder_rejects_bad_keep_ids(ids, message):
+    from mimae.models.mae import MAEDecoder
+
+    decoder = MAEDecoder(encoder_dim=32, embed_dim=16, depth=2, num_heads=2, patch_size=8, grid_size=(4, 6))
+    with pytest.raises(ValueError, match=message):
+        decoder(torch.randn(1, 4, 32), torch.tensor(ids), (4, 6))
+
+
+def test_checkpoint_with_frozen_embedding(monkeypatch):
+    """With a frozen embedding and a detached latent only the mask token needs a gradient.
+    Every block is still checkpointed."""
+    from mimae.models import layers
+    from mimae.models.mae import MAEDecoder
+
+    calls = []
+    original = layers.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(layers, "checkpoint", counting)
+    decoder = MAEDecoder(encoder_dim=32, embed_dim=16, depth=2, num_heads=2, patch_size=8, grid_size=(4, 6),
+                         with_cp=True)
+    decoder.embed.requires_grad_(False)
+    out = decoder(torch.randn(2, 4, 32), torch.tensor([[1, 7, 20], [0, 3, 23]]), (4, 6))
+    out.sum().backward()
+    assert len(calls) == 2
+    assert decoder.mask_token.grad is not None
+
+
 def test_masked_ids_ascending_per_view():
     mask = torch.tensor([[[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 0.0]]])
     assert masked_ids(mask[:, :1], 1).tolist() == [[[0, 2, 3]]]

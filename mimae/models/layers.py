@@ -230,7 +230,9 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """Compute ``F.linear(x, weight, bias)`` for a 2-D float32 ``x`` with oneDNN's linear operator."""
     if x.dtype != torch.float32:  # float64, in gradient checks: the operator rejects it
         return F.linear(x, weight, bias)
-    # The operator rejects an input with strided rows; a transposed weight is accepted.
+    # The operator rejects an input with strided rows and reads a strided bias as if it were
+    # contiguous; a transposed weight is read correctly.
+    bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
@@ -362,7 +364,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if torch.jit.is_scripting() or _fx_symbolic_tracing() or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     if (q.dtype == torch.float32 and attn_mask is None and k.shape[-2] <= Attention.cpu_explicit_max_keys
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
+            and q.shape[-1] > 0 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         return explicit_attention(q, k, v)
     if q.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled("cpu"):
         kernel = Attention.cpu_autocast_kernel

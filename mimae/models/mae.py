@@ -43,6 +43,30 @@ def masked_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
     return order[..., : mask.shape[-1] - num_visible]
 
 
+def _check_keep_ids(ids_keep: torch.Tensor, num_patches: int) -> None:
+    """Raise a ValueError unless every row of ``ids_keep`` ``(B, K)`` holds distinct ids in ``[0, L)``.
+
+    Each visible token fills the decoder slot of its id, so a repeated id would overwrite
+    another visible token. On a GPU and under ``torch.compile`` the check runs on the
+    device without waiting for it.
+    """
+    if ids_keep.shape[-1] == 0:
+        return
+    ordered = ids_keep.sort(dim=-1).values
+    in_grid = (ordered[..., 0] >= 0) & (ordered[..., -1] < num_patches)
+    distinct = ordered[..., 1:] != ordered[..., :-1]
+    if ids_keep.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(in_grid.all()):
+            raise ValueError(f"ids_keep range from {int(ordered[..., 0].min())} to {int(ordered[..., -1].max())}, "
+                             f"outside the grid's [0, {num_patches}); pass row-major grid indices")
+        if not bool(distinct.all()):
+            row = int((~distinct).any(dim=-1).nonzero()[0, 0])
+            raise ValueError(f"ids_keep repeats a patch id in row {row} ({ids_keep[row].tolist()}); each visible "
+                             "token needs its own patch id")
+    else:
+        torch._assert_async(in_grid.all() & distinct.all(), "ids_keep outside the grid or repeated")
+
+
 @MODELS.register_module()
 class MAEDecoder(nn.Module):
     """Lightweight transformer that predicts the pixels of every patch from the visible latent.
@@ -100,6 +124,7 @@ class MAEDecoder(nn.Module):
         """
         x = self.embed(latent)
         batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
+        _check_keep_ids(ids_keep, num_patches)
         if tuple(grid_hw) == self.grid_size:
             pos_embed = self.pos_embed
         else:
@@ -119,7 +144,7 @@ class MAEDecoder(nn.Module):
             # The mask-token slots are the same in every sample, so the first block's norm and
             # qkv projection run on them once instead of once per sample.
             first = blocks[0]
-            if self.with_cp and visible.requires_grad:
+            if self.with_cp and torch.is_grad_enabled() and (visible.requires_grad or masked.requires_grad):
                 x = checkpointed(first.forward_scattered, masked, slots, visible)
             else:
                 x = first.forward_scattered(masked, slots, visible)
