@@ -146,9 +146,10 @@ class Linear(nn.Linear):
     Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
     family 26 (Zen 5), forward and backward through the oneDNN convolution took about
     half of MKL's time. On an AMD EPYC of family 25 (Zen 4), timed alone, oneDNN's
-    linear operator ran the forward products and input gradients at 209 to 219 GFLOP/s,
-    against 171 to 202 through MKL and 182 to 219 through the convolution; for the
-    weight gradients MKL was the fastest of the three. On an Intel Xeon with AVX-512 and
+    linear operator ran the forward products at 209 to 218 GFLOP/s, against 172 to 202
+    through MKL and 188 to 215 through the convolution. It ran the input gradients at
+    181 to 219 GFLOP/s, against 171 to 200 through MKL. For the weight gradients MKL was
+    the fastest. On an Intel Xeon with AVX-512 and
     AMX, forward and backward through the oneDNN convolution took 1.1 to 1.6 times MKL's
     time.
     NOTE: ``"onednn_linear"`` was measured on family 25 only, and there on Zen 4
