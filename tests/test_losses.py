@@ -111,8 +111,8 @@ def test_decoder_equals_its_blocks_on_the_full_sequence(with_cp):
 
 
 @pytest.mark.parametrize("ids, message", [
-    ([[5, 5, 9]], r"repeats a patch id in row 0 \(\[5, 5, 9\]\)"),
-    ([[5, 24, 9]], r"range from 5 to 24, outside the grid's \[0, 24\)"),
+    ([[5, 5, 9]], r"repeat an id in row 0 \(\[5, 5, 9\]\)"),
+    ([[5, 24, 9]], r"range from 5 to 24, outside the 4x6 grid's \[0, 24\)"),
     ([[-1, 3, 9]], r"range from -1 to 9"),
 ])
 def test_decoder_rejects_bad_keep_ids(ids, message):

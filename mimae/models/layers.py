@@ -55,7 +55,7 @@ class PatchEmbed(nn.Module):
         if ids is None:
             patches = patches.reshape(batch, grid[0] * grid[1], channels * p * p)
         else:
-            _check_patch_ids(ids, batch, grid)
+            check_patch_ids(ids, batch, grid)
             # Index the grid's rows and columns of the strided view, so only the K patches are copied.
             rows = torch.arange(batch, device=x.device)[:, None]
             patches = patches[rows, ids // grid[1], ids % grid[1]].reshape(batch, ids.shape[1], channels * p * p)
@@ -63,20 +63,34 @@ class PatchEmbed(nn.Module):
         return F.linear(patches, weight, self.proj.bias), grid
 
 
-def _check_patch_ids(ids: torch.Tensor, batch: int, grid: tuple[int, int]) -> None:
-    """Raise a ValueError unless ``ids`` is ``(batch, K)`` with values in ``[0, H * W)``."""
+def check_patch_ids(ids: torch.Tensor, batch: int, grid: tuple[int, int], distinct: bool = False) -> None:
+    """Raise a ValueError unless ``ids`` is ``(batch, K)`` with values in ``[0, H * W)``.
+
+    With ``distinct=True`` no row may repeat an id either. On a GPU and under
+    ``torch.compile`` the values are checked on the device, without waiting for it.
+    """
     num_patches = grid[0] * grid[1]
     if ids.dim() != 2 or ids.shape[0] != batch:
         raise ValueError(f"patch ids of shape {tuple(ids.shape)} do not match the batch: expected ({batch}, K)")
     if ids.numel() == 0:
         return
+    ordered = ids.sort(dim=-1).values if distinct else None
     if ids.device.type == "cpu" and not torch.compiler.is_compiling():
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= num_patches:
             raise ValueError(f"patch ids range from {low} to {high}, outside the {grid[0]}x{grid[1]} grid's "
                              f"[0, {num_patches}); pass row-major grid indices")
-    else:  # checked on the device (or in the compiled graph), without waiting for it
-        torch._assert_async(((ids >= 0) & (ids < num_patches)).all(), "patch ids outside the grid")
+        if distinct:
+            repeated = (ordered[:, 1:] == ordered[:, :-1]).any(dim=-1)
+            if bool(repeated.any()):
+                row = int(repeated.nonzero()[0, 0])
+                raise ValueError(f"patch ids repeat an id in row {row} ({ids[row].tolist()}); each visible token "
+                                 "needs its own patch id")
+        return
+    valid = ((ids >= 0) & (ids < num_patches)).all()
+    if distinct:
+        valid = valid & (ordered[:, 1:] != ordered[:, :-1]).all()
+    torch._assert_async(valid, "patch ids outside the grid or repeated")
 
 
 def _fx_symbolic_tracing() -> bool:
@@ -243,7 +257,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
     oneDNN's operator has no derivative of its own. When the backward pass is itself
     differentiated (``create_graph=True``), it runs as differentiable matrix products, so
-    double backward works; ``torch.func`` transforms get a generated vmap rule, and
+    double backward works. ``torch.func`` transforms get a generated vmap rule, and
     ``jvp`` serves forward-mode AD.
     """
 
@@ -374,7 +388,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         if (kernel == "compiled" and attn_mask is None and q.dtype == torch.bfloat16 and q.dim() == 4
                 and q.shape[0] == k.shape[0] == v.shape[0]):
             if torch.compiler.is_compiling():
-                return _explicit_attention(q, k, v)  # part of a graph that torch.compile is building
+                return explicit_attention(q, k, v)  # part of a graph that torch.compile is building
             if compiled_attention_works():
                 return compiled_attention(q, k, v)
         if kernel != "flash":
@@ -385,19 +399,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Return ``softmax(q k^T / sqrt(d)) v`` for ``(B, heads, L, d)`` inputs, written out.
 
-    On an AMD EPYC of family 25 with 2 threads, forward and backward for the ViT-B
-    encoder's 50 tokens per view (8 images, 12 heads of 64) took 3.4 ms against 4.3 ms
-    for the CPU flash kernel. For 100 tokens they took 9.7 against 12.4 ms. For 197
-    tokens the flash kernel was faster. The attention weights stay in memory for the backward pass,
-    ``B * heads * L * L`` floats, where the flash kernel recomputes them.
+    The softmax runs in float32 and its weights enter the last product in the input
+    dtype. On an AMD EPYC of family 25 with 2 threads, float32 forward and backward for
+    the ViT-B encoder's 50 tokens per view (8 images, 12 heads of 64) took 3.4 ms against
+    4.3 ms for the CPU flash kernel. For 100 tokens they took 9.7 against 12.4 ms. For
+    197 tokens the flash kernel was faster. The attention weights stay in memory for the
+    backward pass, ``B * heads * L * L`` values, where the flash kernel recomputes them.
     """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
-    return torch.matmul(scores.softmax(dim=-1), v)
-
-
-def _explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.float().softmax(dim=-1).to(q.dtype) @ v
+    return torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype), v)
 
 
 _compiled_explicit_attention = None
@@ -432,7 +442,7 @@ def compiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
     """
     global _compiled_explicit_attention
     if _compiled_explicit_attention is None:
-        _compiled_explicit_attention = torch.compile(_explicit_attention, dynamic=False)
+        _compiled_explicit_attention = torch.compile(explicit_attention, dynamic=False)
     batch, heads, length, _ = q.shape
     rows = _chunk_rows(batch, max(1, COMPILED_SCORE_BYTES // max(1, heads * length * k.shape[-2] * 4)))
     chunks = list(zip(q.split(rows), k.split(rows), v.split(rows)))
@@ -621,11 +631,8 @@ class Block(nn.Module):
         The norm and qkv projection run once for the ``L`` rows of ``base`` and once per
         sample for the ``M`` written rows, instead of once per sample for all ``L`` rows.
         """
-        batch, dim = values.shape[0], base.shape[-1]
-        index = rows.unsqueeze(-1)
-        x = base.expand(batch, -1, -1).scatter(1, index.expand(-1, -1, dim), values)
-        shared, own = self.attn.qkv(self.norm1(base)), self.attn.qkv(self.norm1(values))
-        qkv = shared.expand(batch, -1, -1).scatter(1, index.expand(-1, -1, shared.shape[-1]), own)
+        x = scatter_rows(base, rows, values)
+        qkv = scatter_rows(self.attn.qkv(self.norm1(base)), rows, self.attn.qkv(self.norm1(values)))
         x = x + self.drop_path(self.attn.attend_qkv(qkv))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -639,6 +646,11 @@ class Block(nn.Module):
         attended = self.attn(self.norm1(x), query_rows=rows)
         x = x.gather(1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1])) + self.drop_path(attended)
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def scatter_rows(base: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Return ``base`` ``(1, L, C)`` repeated for each sample, with ``values`` ``(B, M, C)`` written at ``rows`` ``(B, M)``."""
+    return base.expand(values.shape[0], -1, -1).scatter(1, rows.unsqueeze(-1).expand(-1, -1, base.shape[-1]), values)
 
 
 class _CheckpointState(threading.local):

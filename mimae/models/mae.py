@@ -6,7 +6,7 @@ import torch.nn as nn
 from mmengine.model import BaseModel
 
 from ..registry import MODELS, build_model
-from .layers import Block, LayerNorm, Linear, checkpointed, run_blocks
+from .layers import Block, LayerNorm, Linear, check_patch_ids, checkpointed, run_blocks, scatter_rows
 from .masking import make_masks
 from .pos_embed import sincos_2d
 from .vit import VisionTransformer, gather_tokens
@@ -41,30 +41,6 @@ def masked_ids(mask: torch.Tensor, num_visible: int) -> torch.Tensor:
     # A stable descending sort puts the masked patches (1) first, each group in index order.
     order = mask.argsort(dim=-1, descending=True, stable=True)
     return order[..., : mask.shape[-1] - num_visible]
-
-
-def _check_keep_ids(ids_keep: torch.Tensor, num_patches: int) -> None:
-    """Raise a ValueError unless every row of ``ids_keep`` ``(B, K)`` holds distinct ids in ``[0, L)``.
-
-    Each visible token fills the decoder slot of its id, so a repeated id would overwrite
-    another visible token. On a GPU and under ``torch.compile`` the check runs on the
-    device without waiting for it.
-    """
-    if ids_keep.shape[-1] == 0:
-        return
-    ordered = ids_keep.sort(dim=-1).values
-    in_grid = (ordered[..., 0] >= 0) & (ordered[..., -1] < num_patches)
-    distinct = ordered[..., 1:] != ordered[..., :-1]
-    if ids_keep.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(in_grid.all()):
-            raise ValueError(f"ids_keep range from {int(ordered[..., 0].min())} to {int(ordered[..., -1].max())}, "
-                             f"outside the grid's [0, {num_patches}); pass row-major grid indices")
-        if not bool(distinct.all()):
-            row = int((~distinct).any(dim=-1).nonzero()[0, 0])
-            raise ValueError(f"ids_keep repeats a patch id in row {row} ({ids_keep[row].tolist()}); each visible "
-                             "token needs its own patch id")
-    else:
-        torch._assert_async(in_grid.all() & distinct.all(), "ids_keep outside the grid or repeated")
 
 
 @MODELS.register_module()
@@ -124,7 +100,8 @@ class MAEDecoder(nn.Module):
         """
         x = self.embed(latent)
         batch, num_patches = x.shape[0], grid_hw[0] * grid_hw[1]
-        _check_keep_ids(ids_keep, num_patches)
+        # Each visible token fills the slot of its id, so a repeated id would overwrite another.
+        check_patch_ids(ids_keep, batch, grid_hw, distinct=True)
         if tuple(grid_hw) == self.grid_size:
             pos_embed = self.pos_embed
         else:
@@ -139,7 +116,7 @@ class MAEDecoder(nn.Module):
         rows = None if ids_predict is None else ids_predict + 1  # slot 0 is the cls token
         blocks = self.blocks if rows is None else self.blocks[:-1]
         if len(blocks) == 0:
-            x = masked.expand(batch, -1, -1).scatter(1, slots.unsqueeze(-1).expand(-1, -1, self.embed_dim), visible)
+            x = scatter_rows(masked, slots, visible)
         else:
             # The mask-token slots are the same in every sample, so the first block's norm and
             # qkv projection run on them once instead of once per sample.
