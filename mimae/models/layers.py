@@ -153,8 +153,8 @@ class Linear(nn.Linear):
     - ``"linear"``: ``F.linear``, forward and backward through MKL.
     - ``"onednn"``: forward and backward as a oneDNN convolution.
     - ``"onednn_linear"``: the forward pass and the input gradient through oneDNN's
-      linear operator, the weight gradient and bias sum as ``F.linear``'s backward
-      computes them (MKL).
+      linear operator; the weight gradient through that operator when the layer has more
+      inputs than outputs, through MKL otherwise; the bias gradient as a sum.
     - ``None`` (default): :func:`default_linear_kernel` for this CPU.
 
     Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
@@ -163,9 +163,9 @@ class Linear(nn.Linear):
     linear operator ran the forward products at 209 to 218 GFLOP/s, against 172 to 202
     through MKL and 188 to 215 through the convolution. It ran the input gradients at
     181 to 219 GFLOP/s, against 171 to 200 through MKL. For the weight gradients MKL was
-    the fastest. On an Intel Xeon with AVX-512 and
-    AMX, forward and backward through the oneDNN convolution took 1.1 to 1.6 times MKL's
-    time.
+    the fastest, except in layers with more inputs than outputs (``_weight_gradient``).
+    On an Intel Xeon with AVX-512 and AMX, forward and backward through the oneDNN
+    convolution took 1.1 to 1.6 times MKL's time.
     NOTE: ``"onednn_linear"`` was measured on family 25 only, and there on Zen 4
     (model 17) only. Family 26 keeps the convolution, and Intel CPUs keep MKL, because
     the linear operator was not timed on them.
@@ -251,9 +251,24 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
+def _weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Return ``grad.t() @ x``, the weight gradient of a linear layer with 2-D input ``x``.
+
+    For a layer with more inputs than outputs (an MLP's second layer), oneDNN's linear
+    operator on the transposed gradient ran this product faster than MKL on an AMD EPYC
+    of family 25: 195 to 200 against 160 to 175 GFLOP/s on the MAE ViT-B shapes. For
+    the other layers MKL was as fast or faster. When the backward pass is itself
+    differentiated, the product stays differentiable.
+    """
+    if (x.shape[1] > grad.shape[1] and grad.shape[0] > 0 and x.dtype == torch.float32
+            and not torch.is_grad_enabled()):
+        return _onednn_linear(grad.t(), x.t(), None)
+    return grad.t().mm(x)
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """Linear layer on ``(rows, C)``: forward pass and input gradient through oneDNN's linear
-    operator, weight gradient and bias sum as ``F.linear``'s backward computes them.
+    operator, weight gradient as ``_weight_gradient`` chooses, bias gradient as a sum.
 
     oneDNN's operator has no derivative of its own. When the backward pass is itself
     differentiated (``create_graph=True``), it runs as differentiable matrix products, so
@@ -284,7 +299,7 @@ class _OneDNNLinear(torch.autograd.Function):
         if needs_x:
             grad_x = grad.mm(weight) if torch.is_grad_enabled() else _onednn_linear(grad, weight.t(), None)
         if needs_weight:
-            grad_weight = grad.t().mm(x)
+            grad_weight = _weight_gradient(grad, x)
         if needs_bias and ctx.has_bias:
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
