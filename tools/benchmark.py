@@ -243,7 +243,7 @@ def build_mimae_pretrain(kind: str, arch: Arch, batch: int, views: int, device, 
 LINEAR_KERNEL_LABELS = {
     "linear": "through F.linear (MKL)",
     "onednn": "as oneDNN 1x1 convolutions",
-    "onednn_linear": "through oneDNN's linear operator, weight gradients through MKL",
+    "onednn_linear": "through oneDNN's linear operator, weight gradients through MKL unless a layer narrows",
 }
 
 
