@@ -5,9 +5,15 @@ import json
 import math
 import os
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 import torch
 from mmengine.dist import all_reduce
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 
 from mimae.registry import HOOKS
 
@@ -100,3 +106,62 @@ class LossTraceHook(Hook):
         with open(f"{path}.partial", "w") as f:
             json.dump(self.records, f)
         os.replace(f"{path}.partial", path)
+
+
+@HOOKS.register_module()
+class LoaderPipeHook(Hook):
+    """Let the pipe that carries batches from the training loader's workers hold ``size`` bytes.
+
+    With ``mimae.inline_collate`` a small batch travels through that pipe by value. A Linux
+    pipe has a capacity of 64 KiB by default, so the main process reads a batch of a few
+    hundred kilobytes in several parts, and before each part the worker has to be
+    scheduled again to write it. In the demo runs, with every CPU busy training, that
+    took about half of the median time to fetch a ready batch (0.8 to 0.95 ms against
+    0.40 to 0.55 ms with a 1 MiB pipe). The hook raises the pipe's capacity
+    with ``fcntl`` (``F_SETPIPE_SZ``) once for each loader iterator, at the first
+    iteration that iterator serves. An unprivileged process may set at most
+    ``/proc/sys/fs/pipe-max-size`` bytes, 1 MiB by default.
+
+    It reaches the pipe through attributes private to PyTorch's multi-process loader
+    iterator: the loader's own iterator (persistent workers) or that of an
+    ``IterBasedTrainLoop``. Without workers, on systems other than Linux, or when those
+    attributes are missing, it does nothing; in the last case it says so once.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, size: int = 1 << 20) -> None:
+        if size <= 0:
+            raise ValueError(f"LoaderPipeHook size must be a positive number of bytes, got {size}")
+        self.size = size
+        self._seen: set[int] = set()  # ids of the result queues already handled
+        self._warned = False
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        iterator = getattr(runner.train_dataloader, "_iterator", None)
+        if iterator is None:
+            iterator = getattr(getattr(runner.train_loop, "dataloader_iterator", None), "_iterator", None)
+        if iterator is None or type(iterator).__name__ == "_SingleProcessDataLoaderIter":
+            return
+        queue = getattr(iterator, "_worker_result_queue", None)
+        reader = getattr(queue, "_reader", None)
+        if reader is None:
+            self._warn_once(f"{type(iterator).__name__} has no result pipe where this PyTorch version "
+                            "kept it (_worker_result_queue._reader); the pipe keeps its default size")
+            return
+        if id(queue) in self._seen:
+            return
+        self._seen.add(id(queue))
+        set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+        if set_size is None:
+            return  # Only Linux lets a process set a pipe's capacity.
+        try:
+            fcntl.fcntl(reader.fileno(), set_size, self.size)
+        except OSError as error:
+            self._warn_once(f"could not set the loader's result pipe to {self.size} bytes ({error}). Use "
+                            "LoaderPipeHook(size=...) of at most /proc/sys/fs/pipe-max-size, or raise that limit")
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            print_log(f"LoaderPipeHook: {message}", logger="current", level=30)

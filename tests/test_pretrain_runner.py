@@ -120,3 +120,29 @@ def test_cpu_amp_run_compiles_attention(tmp_path, monkeypatch):
     for record in trace:
         for term in ("loss", "loss_rec", "loss_mi_max", "loss_mi_min"):
             assert torch.isfinite(torch.tensor(record[term])), (record["iter"], term)
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="pipe capacity is Linux only")
+@pytest.mark.parametrize("persistent", [True, False])
+def test_demo_loader_pipe_capacity(tmp_path, persistent):
+    """The demo configs' ``LoaderPipeHook`` sets the worker's result pipe to 1 MiB, with
+    persistent workers (the demo's setting) and with the iteration loop's own iterator."""
+    import fcntl
+
+    from _runtime import build_runner
+    from mmengine.config import Config
+
+    argv = [MAE_DEMO, "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_iters=2",
+            "default_hooks.checkpoint.interval=2", f"train_dataloader.persistent_workers={persistent}"]
+    args = train_tool.parse_args(argv)
+    cfg = train_tool.merge_args(Config.fromfile(args.config), args)
+    train_tool.register_scope(cfg)
+    runner = build_runner(cfg)
+    runner.train()
+    assert runner.train_dataloader.num_workers == 1
+    if persistent:
+        iterator = runner.train_dataloader._iterator
+    else:
+        iterator = runner.train_loop.dataloader_iterator._iterator
+    reader = iterator._worker_result_queue._reader
+    assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == 1 << 20

@@ -153,8 +153,8 @@ class Linear(nn.Linear):
     - ``"linear"``: ``F.linear``, forward and backward through MKL.
     - ``"onednn"``: forward and backward as a oneDNN convolution.
     - ``"onednn_linear"``: the forward pass and the input gradient through oneDNN's
-      linear operator; the weight gradient through that operator when the layer has more
-      inputs than outputs, through MKL otherwise; the bias gradient as a sum.
+      linear operator. The weight gradient goes through that operator when the layer has
+      more inputs than outputs and through MKL otherwise, and the bias gradient is a sum.
     - ``None`` (default): :func:`default_linear_kernel` for this CPU.
 
     Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
@@ -254,11 +254,13 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Return ``grad.t() @ x``, the weight gradient of a linear layer with 2-D input ``x``.
 
-    For a layer with more inputs than outputs (an MLP's second layer), oneDNN's linear
-    operator on the transposed gradient ran this product faster than MKL on an AMD EPYC
-    of family 25: 195 to 200 against 160 to 175 GFLOP/s on the MAE ViT-B shapes. For
-    the other layers MKL was as fast or faster. When the backward pass is itself
-    differentiated, the product stays differentiable.
+    A layer with more inputs than outputs (an MLP's second layer) takes oneDNN's linear
+    operator on the transposed gradient, the others MKL. On an AMD EPYC of family 25 the
+    operator ran the weight gradient of the MAE encoder's second MLP layer (400 rows,
+    3072 to 768) at 200 GFLOP/s against 160 through MKL. For the decoder's (1576 rows,
+    2048 to 512) the difference varied between timings, from 195 against 175 to 184
+    against 189. For the other layer shapes MKL was as fast or faster. When the backward
+    pass is itself differentiated, the product stays differentiable.
     """
     if (x.shape[1] > grad.shape[1] and grad.shape[0] > 0 and x.dtype == torch.float32
             and not torch.is_grad_enabled()):
