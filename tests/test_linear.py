@@ -184,6 +184,61 @@ def test_non_contiguous_input(kernel):
     torch.testing.assert_close(grad_strided, upstream @ layer.weight, rtol=1e-5, atol=1e-4)
 
 
+
+@needs_onednn
+@pytest.mark.parametrize("layout", ["feature slice", "row step", "expanded"])
+def test_strided_input_narrowing_layer(layout):
+    """A saved input that is neither contiguous nor transposed takes MKL for the weight
+    gradient: oneDNN reads it correctly but through its reference kernel, about a thousand
+    times slower."""
+    torch.manual_seed(0)
+    layer = Linear(3072, 768)
+    layer.kernel = "onednn_linear"
+    x = {"feature slice": torch.randn(400, 6144)[:, :3072],
+         "row step": torch.randn(800, 3072)[::2],
+         "expanded": torch.randn(1, 3072).expand(400, 3072)}[layout]
+    assert not x.is_contiguous()
+    assert not x.t().is_contiguous()
+    upstream = torch.randn(400, 768)
+    with threads(2), profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x).backward(upstream)
+    assert kernel_ran(op_counts(prof), input_grad=False) == "onednn_linear"  # no third operator call
+    torch.testing.assert_close(layer.weight.grad, upstream.t() @ x, rtol=1e-5, atol=1e-3)
+
+
+@needs_onednn
+def test_sliced_weight_takes_f_linear():
+    torch.manual_seed(0)
+    layer = Linear(768, 1024)  # widening, so the weight gradient takes MKL too
+    layer.kernel = "onednn_linear"
+    layer.weight = torch.nn.Parameter(torch.randn(1024, 1536)[:, ::2])  # neither contiguous nor transposed
+    x = torch.randn(400, 768, requires_grad=True)
+    with threads(2), profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = layer(x)
+        out.backward(torch.ones_like(out))
+    assert op_counts(prof).get("mkldnn::_linear_pointwise", 0) == 0
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(400, -1), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(layer.weight.grad, torch.ones(1024, 400) @ x, rtol=1e-5, atol=1e-3)
+
+
+@needs_onednn
+def test_backward_through_vmap():
+    """Inside vmap the unwrapped inputs do not require grad, so the saved tensors follow
+    ``needs_input_grad``. The operator runs once per sample there, with a warning."""
+    torch.manual_seed(0)
+    layer = Linear(3072, 768)
+    layer.kernel = "onednn_linear"
+    xs = torch.randn(4, 50, 3072, requires_grad=True)
+    upstream = torch.randn(4, 50, 768)
+    with threads(2), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        grads = torch.autograd.grad(torch.func.vmap(layer)(xs), [xs, layer.weight, layer.bias], upstream)
+    expected = torch.autograd.grad(F.linear(xs, layer.weight, layer.bias), [xs, layer.weight, layer.bias],
+                                   upstream)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+
 def test_plain_linear_fallback_cases():
     torch.manual_seed(0)
     small, big = Linear(8, 4), Linear(256, 768)

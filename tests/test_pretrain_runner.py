@@ -122,27 +122,94 @@ def test_cpu_amp_run_compiles_attention(tmp_path, monkeypatch):
             assert torch.isfinite(torch.tensor(record[term])), (record["iter"], term)
 
 
-@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="pipe capacity is Linux only")
+needs_pipe_size = pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"),
+                                     reason="pipe capacity is Linux only")
+
+
+def build_demo_runner(work_dir, *options, epochs: int | None = None):
+    """Build the MAE demo's runner through tools/train.py's steps, with loader workers."""
+    from _runtime import build_runner
+    from mmengine.config import Config
+
+    argv = [MAE_DEMO, "--work-dir", str(work_dir), "--cfg-options", "default_hooks.checkpoint.interval=1000",
+            *options]
+    args = train_tool.parse_args(argv)
+    cfg = train_tool.merge_args(Config.fromfile(args.config), args)
+    if epochs is not None:
+        cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs)
+        cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=True, interval=1000)
+        cfg.param_scheduler = []
+    train_tool.register_scope(cfg)
+    return build_runner(cfg)
+
+
+def pipe_capacity(iterator) -> int:
+    import fcntl
+
+    return fcntl.fcntl(iterator._worker_result_queue._reader.fileno(), fcntl.F_GETPIPE_SZ)
+
+
+class PipeProbe:
+    """Hook that records the result pipe's capacity at every iteration, after ``LoaderPipeHook``."""
+
+    priority = "LOWEST"
+
+    def __init__(self) -> None:
+        self.capacities: list[tuple[int, int]] = []  # (id of the iterator, capacity)
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        iterator = getattr(runner.train_dataloader, "_iterator", None)
+        if iterator is None:
+            iterator = runner.train_loop.dataloader_iterator._iterator
+        self.capacities.append((id(iterator), pipe_capacity(iterator)))
+
+
+def register_probe(runner) -> PipeProbe:
+    from mmengine.hooks import Hook
+
+    probe = type("PipeProbeHook", (PipeProbe, Hook), {})()
+    runner.register_hook(probe, priority="LOWEST")
+    return probe
+
+
+@needs_pipe_size
 @pytest.mark.parametrize("persistent", [True, False])
 def test_demo_loader_pipe_capacity(tmp_path, persistent):
     """The demo configs' ``LoaderPipeHook`` sets the worker's result pipe to 1 MiB, with
     persistent workers (the demo's setting) and with the iteration loop's own iterator."""
-    import fcntl
-
-    from _runtime import build_runner
-    from mmengine.config import Config
-
-    argv = [MAE_DEMO, "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_iters=2",
-            "default_hooks.checkpoint.interval=2", f"train_dataloader.persistent_workers={persistent}"]
-    args = train_tool.parse_args(argv)
-    cfg = train_tool.merge_args(Config.fromfile(args.config), args)
-    train_tool.register_scope(cfg)
-    runner = build_runner(cfg)
+    runner = build_demo_runner(tmp_path, "train_cfg.max_iters=2", f"train_dataloader.persistent_workers={persistent}")
+    probe = register_probe(runner)
     runner.train()
     assert runner.train_dataloader.num_workers == 1
-    if persistent:
-        iterator = runner.train_dataloader._iterator
-    else:
-        iterator = runner.train_loop.dataloader_iterator._iterator
-    reader = iterator._worker_result_queue._reader
-    assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == 1 << 20
+    assert [capacity for _, capacity in probe.capacities] == [1 << 20, 1 << 20]
+
+
+@needs_pipe_size
+def test_pipe_capacity_new_iterators(tmp_path):
+    """Without persistent workers a finite sampler starts a new iterator, with a new pipe,
+    every epoch (30 images, batch 16), and each one gets 1 MiB."""
+    runner = build_demo_runner(tmp_path, "train_cfg.max_iters=8", "train_dataloader.persistent_workers=False",
+                               "train_dataloader.sampler.type=DefaultSampler")
+    probe = register_probe(runner)
+    runner.train()
+    assert len({iterator for iterator, _ in probe.capacities}) >= 3
+    assert all(capacity == 1 << 20 for _, capacity in probe.capacities), probe.capacities
+
+
+def test_epoch_loop_pipe_warning(tmp_path):
+    """An epoch-based loop without persistent workers hides its iterator, and the hook logs one warning."""
+    runner = build_demo_runner(tmp_path, "train_dataloader.persistent_workers=False",
+                               "train_dataloader.sampler.type=DefaultSampler", epochs=2)
+    runner.train()
+    (log_file,) = tmp_path.glob("*/*.log")
+    warnings = [line for line in log_file.read_text().splitlines() if "LoaderPipeHook:" in line]
+    assert len(warnings) == 1
+    assert "persistent_workers=True" in warnings[0]
+
+
+@pytest.mark.parametrize("size, error", [(1e6, TypeError), (4096, ValueError)])
+def test_loader_pipe_hook_rejects_size(size, error):
+    from pretrain.hooks import LoaderPipeHook
+
+    with pytest.raises(error, match="integer|at least 65536 bytes"):
+        LoaderPipeHook(size=size)

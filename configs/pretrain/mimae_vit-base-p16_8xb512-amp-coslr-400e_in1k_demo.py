@@ -50,8 +50,8 @@ optim_wrapper = dict(type="OptimWrapper", _delete_=True,
                                                      "cls_token": dict(decay_mult=0.0),
                                                      "mask_token": dict(decay_mult=0.0)}))
 auto_scale_lr = dict(base_batch_size=16, enable=False)
-# The recipe's hooks, and a result pipe that holds a whole inline batch (a pipe holds 64 KiB by
-# default, and each further part waits for the worker to be scheduled).
+# The recipe's hooks, and a 1 MiB result pipe that takes a whole demo batch (about 200 KB) at
+# once. A pipe has 64 KiB by default, and each further part waits for the worker to be scheduled.
 custom_hooks = [dict(type="NonFiniteLossHook"), dict(type="LossTraceHook"), dict(type="LoaderPipeHook")]
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),

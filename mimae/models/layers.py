@@ -154,7 +154,9 @@ class Linear(nn.Linear):
     - ``"onednn"``: forward and backward as a oneDNN convolution.
     - ``"onednn_linear"``: the forward pass and the input gradient through oneDNN's
       linear operator. The weight gradient goes through that operator when the layer has
-      more inputs than outputs and through MKL otherwise, and the bias gradient is a sum.
+      more inputs than outputs (``_weight_gradient`` has the exact rule) and through MKL
+      otherwise, and the bias gradient is a sum. A differentiated backward pass
+      (``create_graph=True``) runs MKL's differentiable products.
     - ``None`` (default): :func:`default_linear_kernel` for this CPU.
 
     Measured on the MAE ViT-B layer shapes (docs/benchmarks.md): on an AMD EPYC of
@@ -245,8 +247,13 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     """Compute ``F.linear(x, weight, bias)`` for a 2-D float32 ``x`` with oneDNN's linear operator."""
     if x.dtype != torch.float32:  # float64, in gradient checks: the operator rejects it
         return F.linear(x, weight, bias)
+    if not (weight.is_contiguous() or weight.t().is_contiguous()):
+        # oneDNN reads any strided weight correctly, but only a contiguous or transposed one
+        # reaches its fast kernels. A sliced or expanded one took its reference kernel, about
+        # a thousand times slower than MKL.
+        return F.linear(x, weight, bias)
     # The operator rejects an input with strided rows and reads a strided bias as if it were
-    # contiguous; a transposed weight is read correctly.
+    # contiguous.
     bias = None if bias is None else bias.contiguous()
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
@@ -254,16 +261,22 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def _weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Return ``grad.t() @ x``, the weight gradient of a linear layer with 2-D input ``x``.
 
-    A layer with more inputs than outputs (an MLP's second layer) takes oneDNN's linear
-    operator on the transposed gradient, the others MKL. On an AMD EPYC of family 25 the
-    operator ran the weight gradient of the MAE encoder's second MLP layer (400 rows,
-    3072 to 768) at 200 GFLOP/s against 160 through MKL. For the decoder's (1576 rows,
-    2048 to 512) the difference varied between timings, from 195 against 175 to 184
-    against 189. For the other layer shapes MKL was as fast or faster. When the backward
-    pass is itself differentiated, the product stays differentiable.
+    oneDNN's linear operator on the transposed gradient computes it for a narrowing layer
+    (more inputs than outputs, as an MLP's second layer) with at least 256 inputs and 16
+    outputs, on float32 inputs with at least one row. MKL computes it otherwise, and in a
+    differentiated backward pass, where the product has to stay differentiable.
+
+    Timed on an AMD EPYC of family 25 (median of 40 alternating calls): the weight gradient
+    of the MAE encoder's second MLP layer (400 rows, 3072 to 768) ran at 199 to 204
+    GFLOP/s through the operator against 150 to 182 through MKL in four timings. For the
+    decoder's (1576 rows, 2048 to 512) the timings ranged from 200 against 185 to 184
+    against 189. Other narrowing shapes with 2048 or 384 inputs and 16 to 256 outputs
+    were 1.2 to 2.6 times as fast through the operator. It was slower for 32 inputs (65536
+    rows, 32 to 16) and for a single output, and MKL was as fast or faster for layers that
+    do not narrow.
     """
-    if (x.shape[1] > grad.shape[1] and grad.shape[0] > 0 and x.dtype == torch.float32
-            and not torch.is_grad_enabled()):
+    if (x.shape[1] > grad.shape[1] and x.shape[1] >= 256 and grad.shape[1] >= 16 and grad.shape[0] > 0
+            and x.dtype == torch.float32 and not torch.is_grad_enabled()):
         return _onednn_linear(grad.t(), x.t(), None)
     return grad.t().mm(x)
 
@@ -273,9 +286,10 @@ class _OneDNNLinear(torch.autograd.Function):
     operator, weight gradient as ``_weight_gradient`` chooses, bias gradient as a sum.
 
     oneDNN's operator has no derivative of its own. When the backward pass is itself
-    differentiated (``create_graph=True``), it runs as differentiable matrix products, so
-    double backward works. ``torch.func`` transforms get a generated vmap rule, and
-    ``jvp`` serves forward-mode AD.
+    differentiated (``create_graph=True``, ``torch.func.grad``), it runs as differentiable
+    matrix products, so double backward works. ``jvp`` serves forward-mode AD, and
+    ``vmap`` gets a generated rule. Under ``vmap`` PyTorch runs the operator once per
+    sample, with a warning that it has no batching rule: correct, but slow.
     """
 
     generate_vmap_rule = True
@@ -287,9 +301,11 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         x, weight, bias = inputs
+        needs_x, needs_weight, _ = ctx.needs_input_grad
         # Keep only what the gradients need, as F.linear's backward does: the input for the
-        # weight gradient, the weight for the input gradient.
-        ctx.save_for_backward(x if weight.requires_grad else None, weight if x.requires_grad else None)
+        # weight gradient, the weight for the input gradient. The unwrapped inputs inside
+        # vmap's generated rule do not require grad, so ``requires_grad`` cannot decide this.
+        ctx.save_for_backward(x if needs_weight else None, weight if needs_x else None)
         ctx.save_for_forward(x, weight)
         ctx.has_bias = bias is not None
 
