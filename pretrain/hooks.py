@@ -150,8 +150,7 @@ class LoaderPipeHook(Hook):
         loader = runner.train_dataloader
         if self._gave_up or getattr(loader, "num_workers", 0) == 0:
             return
-        set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-        if set_size is None:
+        if not hasattr(fcntl, "F_SETPIPE_SZ"):
             return  # Only Linux lets a process set a pipe's capacity.
         iterator = getattr(loader, "_iterator", None)
         if iterator is None:
@@ -168,7 +167,7 @@ class LoaderPipeHook(Hook):
             return
         try:
             if fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) < self.size:
-                fcntl.fcntl(reader.fileno(), set_size, self.size)
+                fcntl.fcntl(reader.fileno(), fcntl.F_SETPIPE_SZ, self.size)
         except OSError as error:
             if error.errno == errno.EPERM:
                 advice = ("Use LoaderPipeHook(size=...) of at most /proc/sys/fs/pipe-max-size, or raise that "

@@ -266,9 +266,9 @@ def _weight_gradient(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     outputs, on float32 inputs with at least one row. MKL computes it otherwise, and in a
     differentiated backward pass, where the product has to stay differentiable.
 
-    Timed on an AMD EPYC of family 25 (median of 40 alternating calls): the weight gradient
-    of the MAE encoder's second MLP layer (400 rows, 3072 to 768) ran at 199 to 204
-    GFLOP/s through the operator against 150 to 182 through MKL in four timings. For the
+    Timed on an AMD EPYC of family 25 (median of 40 alternating calls, four timings), the
+    weight gradient of the MAE encoder's second MLP layer (400 rows, 3072 to 768) ran at
+    199 to 204 GFLOP/s through the operator. Through MKL it ran at 150 to 182. For the
     decoder's (1576 rows, 2048 to 512) the timings ranged from 200 against 185 to 184
     against 189. Other narrowing shapes with 2048 or 384 inputs and 16 to 256 outputs
     were 1.2 to 2.6 times as fast through the operator. It was slower for 32 inputs (65536
