@@ -219,6 +219,31 @@ def test_bf16_wrapper_cpu_step() -> None:
     assert not torch.equal(model.encoder.patch_embed.proj.weight, before)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_warns_without_native_bf16(monkeypatch, capsys, native: bool) -> None:
+    """On a CPU whose bf16 products take PyTorch's generic loop, --amp still trains but says
+    that it is slower than float32 and how to avoid it."""
+    from mmengine.config import Config
+
+    import train
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU --amp selects MMEngine's AmpOptimWrapper")
+    monkeypatch.setattr(train, "cpu_bf16_products", lambda: native)
+    cfg = Config.fromfile("configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k.py")
+    cfg = train.merge_args(cfg, train.parse_args([cfg.filename, "--amp"]))
+    assert cfg.optim_wrapper.type == "BF16OptimWrapper"
+    err = capsys.readouterr().err
+    assert ("Drop --amp to train in float32" in err) is not native
+
+
+def test_cpu_bf16_products_matches_torch() -> None:
+    """``cpu_bf16_products`` reports the check PyTorch uses to send bf16 products to oneDNN."""
+    from mimae.models.layers import cpu_bf16_products
+
+    assert cpu_bf16_products() == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def test_cpu_amp_rejects_detection() -> None:
     """mmcv's CPU RoIAlign has no bf16 kernel, so --amp on a CPU stops before building Mask R-CNN."""
     from mmengine.config import Config

@@ -190,3 +190,24 @@ def test_gpu_script_arguments_parse():
     assert (args.det_size, args.det_batch) == (1024, 2)
     assert (args.seg_size, args.seg_batch) == (512, 2)
     assert args.out == "work_dirs/benchmark/cuda.json"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_precisions_follow_cpu_bf16_support(monkeypatch, capsys, native):
+    """Without native bf16 products the CPU run measures fp32 alone and says why; an explicit
+    --precision bf16 still runs, with a warning."""
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import benchmark
+
+    from mimae.models import layers
+
+    monkeypatch.setattr(layers, "cpu_bf16_products", lambda: native)
+    args = benchmark.parse_args([])
+    skipped = benchmark.choose_precisions(args, torch.device("cpu"))
+    assert args.precision == (["fp32", "bf16"] if native else ["fp32"])
+    assert (set(skipped) == {"bf16"}) is not native
+
+    args = benchmark.parse_args(["--precision", "fp32", "bf16"])
+    assert benchmark.choose_precisions(args, torch.device("cpu")) == {}
+    assert args.precision == ["fp32", "bf16"]
+    assert ("generic loop" in capsys.readouterr().err) is not native

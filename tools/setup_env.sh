@@ -44,7 +44,7 @@ log "installing torch and build requirements"
 # mmcv 2.1.0 has no wheel for this torch; build it once and cache the wheel.
 MMCV_WHEEL="$(ls "$WHEELS"/mmcv-$MMCV_VERSION-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$MMCV_WHEEL" ]]; then
-    log "building mmcv $MMCV_VERSION with ops from source (about 8 minutes on 2 cores)"
+    log "building mmcv $MMCV_VERSION with ops from source (8 to 23 minutes on 2 cores, depending on the CPU)"
     WRAP="$CACHE/cxx20"
     mkdir -p "$WRAP"
     # mmcv's setup.py passes -std=c++17, but torch 2.14 headers need C++20;
