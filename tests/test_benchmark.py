@@ -194,8 +194,8 @@ def test_gpu_script_arguments_parse():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_default_precisions_follow_cpu_bf16_support(monkeypatch, capsys, native):
-    """Without native bf16 products the CPU run measures fp32 alone and says why; an explicit
-    --precision bf16 still runs, with a warning."""
+    """Without native bf16 products the CPU run measures fp32 alone and reports the reason.
+    An explicit --precision bf16 still runs, with a warning."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import benchmark
 

@@ -977,7 +977,7 @@ def choose_precisions(args: argparse.Namespace, device: torch.device) -> dict[st
         args.precision = ["fp32", "bf16"] if native else ["fp32"]
         return {} if native else {"bf16": reason}
     if "bf16" in args.precision and not native:
-        print(f"warning: {reason}; the bf16 rounds will take far longer than the fp32 ones", file=sys.stderr)
+        print(f"warning: {reason}. The bf16 rounds will take far longer than the fp32 ones", file=sys.stderr)
     return {}
 
 

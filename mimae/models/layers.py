@@ -131,9 +131,9 @@ def cpu_bf16_products() -> bool:
     """Return whether PyTorch runs bfloat16 matrix products on this CPU with native kernels.
 
     PyTorch sends them to oneDNN on CPUs with AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX.
-    Elsewhere they take a generic loop: on an AMD EPYC of family 23 (AVX2 only) a bf16
-    product of two 2048 x 2048 matrices ran at 0.18 GFLOP/s, against 70 in float32, so
-    bf16 autocast only slows such a CPU down.
+    Elsewhere they take a generic loop. On an AMD EPYC of family 23 (AVX2 only) a bf16
+    product of two 2048 x 2048 matrices ran at 0.18 GFLOP/s, against 70 in float32.
+    There bf16 autocast only slows training down.
     """
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return torch.backends.mkldnn.is_available() and check is not None and bool(check())
