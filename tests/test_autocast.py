@@ -220,9 +220,9 @@ def test_bf16_wrapper_cpu_step() -> None:
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_cpu_amp_warns_without_native_bf16(monkeypatch, capsys, native: bool) -> None:
-    """On a CPU whose bf16 products take PyTorch's generic loop, --amp still trains but says
-    that it is slower than float32 and how to avoid it."""
+def test_cpu_amp_warns_without_bf16(monkeypatch, capsys, native: bool) -> None:
+    """On a CPU whose bf16 products take PyTorch's generic loop, --amp still trains and warns
+    that it is slower than float32, naming the fix."""
     from mmengine.config import Config
 
     import train

@@ -193,7 +193,7 @@ def test_gpu_script_arguments_parse():
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_default_precisions_follow_cpu_bf16_support(monkeypatch, capsys, native):
+def test_precisions_follow_cpu_bf16(monkeypatch, capsys, native):
     """Without native bf16 products the CPU run measures fp32 alone and reports the reason.
     An explicit --precision bf16 still runs, with a warning."""
     sys.path.insert(0, str(REPO_ROOT / "tools"))

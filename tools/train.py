@@ -19,7 +19,7 @@ from mmengine.config import Config, DictAction
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _runtime import build_runner, finish_distributed, register_scope  # noqa: E402
 
-from mimae.models.layers import CPU_AUTOCAST_KERNELS, Attention, cpu_bf16_products  # noqa: E402
+from mimae.models.layers import CPU_AUTOCAST_KERNELS, NO_NATIVE_BF16, Attention, cpu_bf16_products  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,9 +80,7 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
             print("--amp without a GPU: the forward pass runs under bf16 autocast on the CPU (BF16OptimWrapper), "
                   f"attention with the {args.cpu_attention!r} kernel")
             if not cpu_bf16_products():
-                print("warning: PyTorch has no native bf16 matrix products on this CPU (they need AVX-512 or AMX), "
-                      "so under --amp they run in a generic loop, hundreds of times slower than float32. "
-                      "Drop --amp to train in float32", file=sys.stderr)
+                print(f"warning: {NO_NATIVE_BF16}. Drop --amp to train in float32", file=sys.stderr)
     return cfg
 
 

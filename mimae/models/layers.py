@@ -139,6 +139,11 @@ def cpu_bf16_products() -> bool:
     return torch.backends.mkldnn.is_available() and check is not None and bool(check())
 
 
+# The reason bf16 autocast is slow where cpu_bf16_products() is false, for warnings and reports.
+NO_NATIVE_BF16 = ("this CPU has no native bf16 matrix products (PyTorch needs AVX-512, AVX-NE-CONVERT or AMX "
+                  "for them), so bf16 autocast runs them in a generic loop, hundreds of times slower than float32")
+
+
 LINEAR_KERNELS = ("linear", "onednn", "onednn_linear")
 
 
@@ -185,7 +190,7 @@ class Linear(nn.Linear):
     On an Intel Xeon with AVX-512 and AMX, forward and backward through the oneDNN
     convolution took 1.1 to 1.6 times MKL's time. On an AMD EPYC of family 23 (Zen 1,
     AVX2 only) the MAE step took 8.4 s with the linear operator and 11.8 s with the
-    convolution, against 7.6 s through MKL: oneDNN's input and weight gradients of the
+    convolution, against 7.6 s through MKL. oneDNN's input and weight gradients of the
     encoder's layers ran at 38 to 56 GFLOP/s there, against 63 to 71 through MKL.
     NOTE: ``"onednn_linear"`` was measured on family 25 only, and there on Zen 4
     (model 17) only. Family 26 keeps the convolution, and Intel CPUs keep MKL, because
