@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import os
+import pickle
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -46,13 +48,37 @@ def read_weights(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"pretrained weight file not found: {path!r}; check the path in the config")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on the cause
+    except pickle.UnpicklingError as err:
+        rejected = _rejected_global(err)
+        if rejected is None:
+            raise _damaged_file_error(path, err) from err
         raise CheckpointError(
-            f"cannot read {path!r} as a tensor-only weight file ({type(err).__name__}: "
-            f"{str(err).splitlines()[0]}). Files that need full unpickling are not loaded as "
-            "pretrained weights because unpickling can run code; export the encoder with "
-            "tools/convert_checkpoint.py first"
+            f"cannot read {path!r} as a tensor-only weight file: it contains an object that "
+            f"torch.load(weights_only=True) does not allow ({rejected}). Files that need full "
+            "unpickling are not loaded as pretrained weights because unpickling can run code; "
+            "export the encoder with tools/convert_checkpoint.py first"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # e.g. a truncated zip archive
+        raise _damaged_file_error(path, err) from err
+
+
+def _error_lines(err: Exception) -> list[str]:
+    """Return the non-empty lines of ``err``'s message without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _rejected_global(err: Exception) -> str | None:
+    """Return the line in which torch names the disallowed global, or None for other failures."""
+    return next((line for line in _error_lines(err) if "global" in line.lower()), None)
+
+
+def _damaged_file_error(path: str, err: Exception) -> CheckpointError:
+    lines = _error_lines(err)
+    return CheckpointError(
+        f"cannot read {path!r}: the file is damaged or was not written by torch.save "
+        f"({type(err).__name__}: {lines[0] if lines else repr(err)}). Download or write it again"
+    )
 
 
 def extract_state_dict(obj: Mapping, source: str | None = None) -> OrderedDict[str, torch.Tensor]:

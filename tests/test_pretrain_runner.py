@@ -6,6 +6,7 @@ import weakref
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 
 import train as train_tool
@@ -20,10 +21,13 @@ FAST = ["train_dataloader.num_workers=0", "train_dataloader.persistent_workers=F
         "randomness.deterministic=True"]
 
 
-def run_train(config, work_dir, iters, *extra, resume=False):
+def run_train(config, work_dir, iters, *extra, resume: bool | str = False):
+    """Train ``iters`` iterations; ``resume`` is True for ``--resume`` or a path for ``--resume PATH``."""
     argv = [config, "--work-dir", str(work_dir)]
-    if resume:
+    if resume is True:
         argv.append("--resume")
+    elif resume:
+        argv += ["--resume", str(resume)]
     argv += ["--cfg-options", f"train_cfg.max_iters={iters}",
              f"default_hooks.checkpoint.interval={iters}", *FAST, *extra]
     train_tool.main(argv)
@@ -77,6 +81,58 @@ def test_resume_prefers_latest_checkpoint_over_load_from(tmp_path, capsys):
     assert load_run_checkpoint(str(work_dir / "iter_2.pth"))["meta"]["iter"] == 2
 
 
+def logged_lr(work_dir) -> float:
+    scalars = next(work_dir.glob("*/vis_data/scalars.json")).read_text().splitlines()
+    return json.loads(scalars[0])["lr"]
+
+
+def test_auto_scale_lr_follows_batch(tmp_path):
+    # The demo's lr is set for 16 images per iteration (auto_scale_lr.base_batch_size).
+    options = ("train_dataloader.batch_size=8", "default_hooks.logger.interval=1")
+    run_train(MAE_DEMO, tmp_path / "fixed", 1, *options)
+    train_tool.main([MAE_DEMO, "--work-dir", str(tmp_path / "scaled"), "--auto-scale-lr", "--cfg-options",
+                     "train_cfg.max_iters=1", *FAST, *options])
+    assert logged_lr(tmp_path / "scaled") == pytest.approx(logged_lr(tmp_path / "fixed") * 8 / 16)
+
+
+def test_auto_scale_lr_needs_base_batch(tmp_path):
+    config = tmp_path / "no_scaling.py"
+    config.write_text(f"_base_ = [{os.path.abspath(MAE_DEMO)!r}]\nauto_scale_lr = None\n")
+    with pytest.raises(SystemExit, match="--auto-scale-lr needs auto_scale_lr = dict"):
+        train_tool.merge_args(Config.fromfile(str(config)), train_tool.parse_args([str(config), "--auto-scale-lr"]))
+
+
+def test_resume_path_wins_over_latest(tmp_path):
+    work_dir = tmp_path / "run"
+    every_iteration = ("default_hooks.checkpoint.interval=1", "default_hooks.checkpoint.max_keep_ckpts=2")
+    reference = run_train(MAE_DEMO, work_dir, 2, *every_iteration)
+    earlier = work_dir / "iter_1.pth"
+
+    resumed = run_train(MAE_DEMO, work_dir, 2, *every_iteration, resume=earlier)
+
+    log = sorted(work_dir.glob("*/*.log"))[-1].read_text()
+    assert f"resuming from {earlier} as --resume requests, although work_dir contains {work_dir / 'iter_2.pth'}" in log
+    assert [r["iter"] for r in resumed] == [1, 2]
+    # Iteration 2 ran again from iteration 1's state, so it repeats the first run's loss.
+    assert resumed[1]["loss"] == reference[1]["loss"]
+    final = load_run_checkpoint(str(work_dir / "iter_2.pth"))
+    assert {float(state["step"]) for state in final["optimizer"]["state"].values()} == {2.0}
+
+
+def test_resume_path_rejects_weight_file(tmp_path):
+    run_train(MAE_DEMO, tmp_path / "run", 1)
+    weights = tmp_path / "encoder.pth"
+    convert(str(tmp_path / "run" / "iter_1.pth"), str(weights))
+    with pytest.raises(ValueError, match=r"not a checkpoint of a training run .* load_from="):
+        run_train(MAE_DEMO, tmp_path / "other", 1, resume=weights)
+
+
+def test_resume_path_missing_named(tmp_path):
+    missing = tmp_path / "iter_7.pth"
+    with pytest.raises(FileNotFoundError, match=f"--resume {missing}: file not found"):
+        run_train(MAE_DEMO, tmp_path / "run", 1, resume=missing)
+
+
 class _SideEffect:
     def __reduce__(self):
         return (os.system, ("touch /tmp/mimae_pickle_side_effect",))
@@ -88,11 +144,21 @@ def test_pickled_code_rejected(tmp_path):
         os.remove(marker)
     hostile = tmp_path / "hostile.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _SideEffect()}, hostile)
-    with pytest.raises(CheckpointError, match="cannot read .*tensor-only weight file"):
+    with pytest.raises(CheckpointError, match="cannot read .*tensor-only weight file.*GLOBAL posix.system"):
         read_weights(hostile)
     with pytest.raises(pickle.UnpicklingError):
         load_run_checkpoint(str(hostile))
     assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a torch file"])
+def test_damaged_weight_file_named(damage, tmp_path):
+    path = tmp_path / "encoder.pth"
+    torch.save({"model": {"w": torch.zeros(64, 64)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>404 Not Found</html>")
+    with pytest.raises(CheckpointError, match="cannot read .*encoder.pth.: the file is damaged .* write it again"):
+        read_weights(path)
 
 
 def test_missing_weight_file_named(tmp_path):

@@ -28,8 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", help="folder for logs and checkpoints (default: work_dirs/<config name>)")
     parser.add_argument(
         "--resume", nargs="?", const="auto", default=None,
-        help="resume from the latest checkpoint in the work dir, or from the given checkpoint path",
+        help="resume training: without a path from the latest complete checkpoint in the work dir, with a "
+             "path from that checkpoint of a training run, even when the work dir holds a later one",
     )
+    parser.add_argument("--auto-scale-lr", action="store_true",
+                        help="scale the config's lr by the total batch over auto_scale_lr.base_batch_size "
+                             "(MMEngine's linear scaling rule)")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: AmpOptimWrapper on a GPU, bf16 autocast (BF16OptimWrapper) on the CPU")
     parser.add_argument("--cpu-attention", choices=CPU_AUTOCAST_KERNELS, default="compiled",
@@ -60,8 +64,17 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
     if args.resume == "auto":
         cfg.resume = True
     elif args.resume is not None:
+        # SafeRunner reads resume_from. load_from alone would lose to the work dir's latest
+        # checkpoint, which wins there so that a config's pretrained load_from does not undo
+        # a resume.
         cfg.resume = True
-        cfg.load_from = args.resume
+        cfg.resume_from = args.resume
+        cfg.load_from = args.resume  # what MMEngine's own Runner resumes from, under runner_type
+    if args.auto_scale_lr:
+        if "base_batch_size" not in (cfg.get("auto_scale_lr") or {}):
+            raise SystemExit(f"--auto-scale-lr needs auto_scale_lr = dict(base_batch_size=N) in {args.config}, "
+                             "the total batch its lr was set for. Add it, or drop --auto-scale-lr")
+        cfg.auto_scale_lr.enable = True
     if args.amp:
         import torch
 

@@ -176,7 +176,8 @@ default_hooks = dict(
 )
 log_processor = dict(type="LogProcessor", window_size=50, by_epoch=False)
 
-# The lr above is for 64 images per iteration. `--auto-scale-lr` rescales it for other batch sizes.
+# The lr above is for 64 images per iteration. `tools/train.py --auto-scale-lr` rescales it for other
+# total batch sizes.
 auto_scale_lr = dict(base_batch_size=64)
 
 # Stop on a NaN or infinite loss term before its checkpoint is written, and record every

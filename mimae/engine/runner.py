@@ -434,6 +434,10 @@ class SafeRunner(Runner):
                 for name in remove_partial_files(self.work_dir):
                     self.logger.info(f"removed {name}, an incomplete checkpoint left by an interrupted save")
             latest = latest_complete_checkpoint(self.work_dir)
+            requested = self.cfg.get("resume_from")
+            if requested is not None:
+                self._resume_from_requested(requested, latest)
+                return
             if latest is not None:
                 if self._load_from is not None:
                     self.logger.info(f"resuming from {latest}, the latest checkpoint in work_dir; "
@@ -452,6 +456,34 @@ class SafeRunner(Runner):
         if self._load_from is not None:
             self.load_checkpoint(self._load_from)
             self._has_loaded = True
+
+    def _resume_from_requested(self, filename: str, latest: str | None) -> None:
+        """Resume from ``filename``, a path given to ``tools/train.py --resume``.
+
+        An explicit path wins over the work dir's latest checkpoint, as in MMEngine, so
+        that a run can go back to an earlier checkpoint. A requeued job that passes the
+        same path again would repeat the iterations after it, so the log warns when the
+        work dir contains another checkpoint.
+        """
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f"--resume {filename}: file not found. Pass an existing checkpoint "
+                                    "of a training run, or --resume without a path for the work dir's latest")
+        checkpoint = load_run_checkpoint(filename)  # raises UnsafeCheckpointError for a pickled object
+        if not (isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})):
+            raise ValueError(
+                f"--resume {filename}: not a checkpoint of a training run (it has no meta.iter, so no "
+                "optimizer or iteration to continue from). To start from these weights, pass "
+                f"--cfg-options load_from={filename} without --resume")
+        if latest is not None and osp.realpath(latest) != osp.realpath(filename):
+            self.logger.warning(
+                f"resuming from {filename} as --resume requests, although work_dir contains {latest}. "
+                "Checkpoints written from now on replace those of the same name. A requeued job "
+                "should pass --resume without a path to continue from the latest checkpoint")
+        else:
+            self.logger.info(f"resuming from {filename}, as --resume requests")
+        del checkpoint
+        self.resume(filename)
+        self._has_loaded = True
 
     # -- saving ------------------------------------------------------------------------
 
