@@ -136,46 +136,73 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
 
 
-def _pos_embed_layout(num_slots: int, grid_hw: tuple[int, int]) -> tuple[int, tuple[int, int]] | None:
-    """Return ``(cls slots, source grid)`` of a table with ``num_slots`` slots, or None.
+def _pos_embed_layouts(num_slots: int, grid_hw: tuple[int, int]) -> list[tuple[int, tuple[int, int]]]:
+    """Return every ``(cls slots, source grid)`` reading of a table with ``num_slots`` slots.
 
-    The model's own grid is tried first, with and without a cls slot, then a square grid.
-    A non-square source grid is recognized only when it equals ``grid_hw``, because the
-    slot count alone does not fix its sides.
+    A reading is the model's own grid or a square grid, each with one cls slot or none. A
+    non-square source grid is recognized only when it equals ``grid_hw``, because the slot
+    count alone does not fix its sides.
     """
     height, width = grid_hw
+    readings = []
     for prefix in (1, 0):
         if num_slots - prefix == height * width:
-            return prefix, (height, width)
+            readings.append((prefix, (height, width)))
     for prefix in (1, 0):
         patches = num_slots - prefix
         side = math.isqrt(max(patches, 0))
-        if patches > 0 and side * side == patches:
-            return prefix, (side, side)
-    return None
+        if patches > 0 and side * side == patches and (prefix, (side, side)) not in readings:
+            readings.append((prefix, (side, side)))
+    return readings
 
 
-def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str) -> torch.Tensor:
+def _describe_layout(layout: tuple[int, tuple[int, int]]) -> str:
+    prefix, (height, width) = layout
+    return f"one cls slot and a {height}x{width} grid" if prefix else f"a {height}x{width} grid without a cls slot"
+
+
+def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str,
+                  file_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Return a file's position table as ``(1, 1 + H * W, C)`` for the grid ``grid_hw``.
 
     The file's table may have one cls slot or none. Its patch grid is resampled bicubically,
     square or not. A missing cls slot becomes a zero slot, which adds nothing to the cls token.
+    ``file_grid`` gives the file's grid where its slot count allows more than one reading,
+    e.g. 16 slots for a 3 x 5 model: one cls slot and a 3 x 5 grid, or a 4 x 4 grid.
 
     Raises:
-        CheckpointError: when the table is not ``(1, N, C)`` or ``N`` fits no grid.
+        CheckpointError: when the table is not ``(1, N, C)``, ``N`` fits no grid (or not
+            ``file_grid``), or ``N`` fits several grids and ``file_grid`` is None.
     """
     grid_hw = (int(grid_hw[0]), int(grid_hw[1]))
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise CheckpointError(
             f"pos_embed in {source!r} has shape {tuple(pos_embed.shape)}, expected (1, [1 +] H * W, C)"
         )
-    layout = _pos_embed_layout(pos_embed.shape[1], grid_hw)
-    if layout is None:
+    num_slots = pos_embed.shape[1]
+    if file_grid is not None:
+        file_grid = (int(file_grid[0]), int(file_grid[1]))
+        prefix = num_slots - file_grid[0] * file_grid[1]
+        if prefix not in (0, 1):
+            raise CheckpointError(
+                f"pos_embed in {source!r} has {num_slots} slots, which is not the {file_grid[0]}x{file_grid[1]} "
+                "grid of pos_embed_grid with or without one cls slot; correct pos_embed_grid in init_cfg")
+        layouts = [(prefix, file_grid)]
+    else:
+        layouts = _pos_embed_layouts(num_slots, grid_hw)
+    if not layouts:
         raise CheckpointError(
-            f"pos_embed in {source!r} has {pos_embed.shape[1]} slots, which is neither the model's "
+            f"pos_embed in {source!r} has {num_slots} slots, which is neither the model's "
             f"{grid_hw[0]}x{grid_hw[1]} grid nor a square grid, with or without one cls slot"
         )
-    num_prefix, src_hw = layout
+    if len(layouts) > 1:
+        readings = " or ".join(_describe_layout(layout) for layout in layouts)
+        raise CheckpointError(
+            f"pos_embed in {source!r} has {num_slots} slots, which can be {readings}, and the file does not "
+            "say which. Set pos_embed_grid=(H, W), the patch grid the file was trained on, in the "
+            "backbone's init_cfg"
+        )
+    num_prefix, src_hw = layouts[0]
     table = resize_abs_pos_embed(pos_embed, src_hw, grid_hw, num_prefix_tokens=num_prefix)
     if num_prefix == 0:
         table = torch.cat([table.new_zeros(1, 1, table.shape[-1]), table], dim=1)
@@ -211,10 +238,12 @@ def load_encoder_file(
     grid_hw: tuple[int, int],
     allow_missing: Iterable[str] = (),
     allow_unexpected: Iterable[str] = PRETRAIN_ONLY_KEYS,
+    pos_embed_grid: tuple[int, int] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Load a pretrained encoder file of any supported layout into a backbone.
 
-    The file's ``pos_embed`` is fitted to ``grid_hw`` with :func:`fit_pos_embed` and its
+    The file's ``pos_embed`` is fitted to ``grid_hw`` with :func:`fit_pos_embed` (its
+    ``file_grid`` is ``pos_embed_grid``) and its
     relative-position tables to the model's lengths, then :func:`load_report` loads the
     tensors strictly and logs the key table.
 
@@ -229,7 +258,7 @@ def load_encoder_file(
     state = pretrained_state_dict(read_weights(source), source)
     model_state = model.state_dict()
     if "pos_embed" in state and "pos_embed" in model_state:
-        state["pos_embed"] = fit_pos_embed(state["pos_embed"], grid_hw, source)
+        state["pos_embed"] = fit_pos_embed(state["pos_embed"], grid_hw, source, pos_embed_grid)
     fit_rel_pos_tables(state, model_state)
     return load_report(model, state, source, allow_missing, allow_unexpected)
 

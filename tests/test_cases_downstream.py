@@ -178,11 +178,49 @@ def test_pos_embed_of_same_non_square_grid_kept(tmp_path: Path, kind: str) -> No
     path = tmp_path / "encoder_48x80.pth"
     torch.save({"model": state}, path)
     size_key = "pretrain_img_size" if kind == "vitdet" else "img_size"
-    backbone = build_backbone(kind, str(path), **{size_key: (48, 80)})
+    # 16 slots also fit a 4 x 4 grid without a cls slot, so the file's grid is given.
+    init_cfg = dict(type="Pretrained", checkpoint=str(path), pos_embed_grid=(3, 5))
+    backbone = build_backbone(kind, None, init_cfg=init_cfg, **{size_key: (48, 80)})
 
     backbone.init_weights()
 
     assert torch.equal(backbone.pos_embed.detach(), state["pos_embed"])
+
+
+@pytest.mark.parametrize("kind", ["vitdet", "vitseg"])
+@pytest.mark.parametrize("file_grid", [(3, 5), (4, 4)], ids=["3x5-cls-slot", "4x4-no-cls-slot"])
+def test_pos_embed_of_two_readings_rejected(tmp_path: Path, kind: str, file_grid) -> None:
+    state = tiny_encoder_state()
+    rows = file_grid[0] * file_grid[1]
+    state["pos_embed"] = torch.randn(1, 16, 32)  # 1 + 3 x 5 or 4 x 4 slots
+    path = tmp_path / "encoder_16_slots.pth"
+    torch.save({"model": state}, path)
+    size_key = "pretrain_img_size" if kind == "vitdet" else "img_size"
+
+    ambiguous = build_backbone(kind, str(path), **{size_key: (48, 80)})
+    with pytest.raises(CheckpointError, match=r"16 slots, which can be one cls slot and a 3x5 grid or a 4x4 grid "
+                                              r"without a cls slot.*pos_embed_grid=\(H, W\)"):
+        ambiguous.init_weights()
+
+    init_cfg = dict(type="Pretrained", checkpoint=str(path), pos_embed_grid=file_grid)
+    backbone = build_backbone(kind, None, init_cfg=init_cfg, **{size_key: (48, 80)})
+    backbone.init_weights()
+    loaded = backbone.pos_embed.detach()
+    grid_table = state["pos_embed"][:, 16 - rows:]
+    torch.testing.assert_close(loaded[:, 1:], bicubic(grid_table, file_grid, (3, 5)))
+    expected_cls = state["pos_embed"][:, :1] if rows == 15 else torch.zeros(1, 1, 32)
+    assert torch.equal(loaded[:, :1], expected_cls)
+
+
+def test_pos_embed_grid_that_does_not_fit_rejected(tmp_path: Path) -> None:
+    state = tiny_encoder_state()
+    state["pos_embed"] = torch.randn(1, 16, 32)
+    path = tmp_path / "encoder_16_slots.pth"
+    torch.save({"model": state}, path)
+    init_cfg = dict(type="Pretrained", checkpoint=str(path), pos_embed_grid=(2, 5))
+    backbone = build_backbone("vitseg", None, init_cfg=init_cfg, img_size=(48, 80))
+    with pytest.raises(CheckpointError, match="16 slots, which is not the 2x5 grid of pos_embed_grid"):
+        backbone.init_weights()
 
 
 def test_pos_embed_of_no_grid_rejected(tmp_path: Path) -> None:
@@ -564,6 +602,25 @@ def test_mae_views_keep_cls_outside_mask() -> None:
     assert views["mask"].shape == (2, 1, 256)
     assert views["mask"].sum(dim=-1).tolist() == [[192.0], [192.0]]
     assert views["latent"].shape == (2, 1 + 64, 32)  # the cls token comes on top of the 64 kept patches
+
+
+def test_mae_views_of_non_square_image() -> None:
+    torch.manual_seed(0)
+    model = MAE(encoder=dict(img_size=(224, 320), patch_size=16, embed_dim=32, depth=1, num_heads=2),
+                decoder=dict(embed_dim=16, depth=1, num_heads=2), mask_ratio=0.75)
+    imgs = torch.randn(1, 3, 224, 320)  # a 14 x 20 grid of 280 patches
+
+    views = model.encode_views(imgs)
+
+    assert views["grid"] == (14, 20)
+    assert views["ids_keep"].shape == (1, 1, 70)
+    assert views["mask"].sum().item() == 210
+    assert views["latent"].shape == (1, 1 + 70, 32)
+    # The kept tokens are the patch embeddings at ids_keep, with the 14 x 20 position table.
+    full, _ = model.encoder.embed_patches(imgs)
+    torch.testing.assert_close(views["visible_tokens"][0], full[0, views["ids_keep"][0, 0]])
+    losses = model.loss(imgs, [])
+    assert torch.isfinite(losses["loss_rec"])
 
 
 # ---------------------------------------------------------------------------------------

@@ -49,7 +49,9 @@ class ViTSeg(BaseModule):
         out_indices: strictly increasing block indices whose outputs are returned.
         with_cp: use activation checkpointing in the blocks while training.
         init_cfg: ``None`` for random initialization, or
-            ``dict(type='Pretrained', checkpoint=PATH)`` to load an encoder file.
+            ``dict(type='Pretrained', checkpoint=PATH)`` to load an encoder file. An
+            optional ``pos_embed_grid=(H, W)`` gives the file's patch grid where its slot
+            count fits more than one grid.
     """
 
     def __init__(
@@ -99,7 +101,7 @@ class ViTSeg(BaseModule):
         if self.init_cfg is None:
             self._init_random()
         else:
-            self.load_pretrained(self.init_cfg["checkpoint"])
+            self.load_pretrained(self.init_cfg["checkpoint"], self.init_cfg.get("pos_embed_grid"))
         self._is_init = True
 
     def _init_random(self) -> None:
@@ -107,12 +109,13 @@ class ViTSeg(BaseModule):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         init_blocks_trunc_normal(self.blocks)
 
-    def load_pretrained(self, path: str) -> tuple[list[str], list[str]]:
+    def load_pretrained(self, path: str, pos_embed_grid: tuple[int, int] | None = None) -> tuple[list[str], list[str]]:
         """Load encoder weights from ``path`` strictly and log a table of the keys.
 
         Accepts the layouts that ``mimae.checkpoint.pretrained_state_dict`` reads. A stored
         ``pos_embed`` of another grid is resampled to ``grid_size``, and a table without a
-        cls slot gets a zero one.
+        cls slot gets a zero one. ``pos_embed_grid`` is the file's patch grid, needed only
+        where its slot count fits more than one grid.
 
         Returns:
             The missing keys, which are always empty because none is allowed, and the
@@ -121,7 +124,8 @@ class ViTSeg(BaseModule):
 
         Raises:
             CheckpointError: when the file cannot be read, its position table has no
-                recognizable grid, or any key other than those above does not fit.
+                recognizable grid or several without ``pos_embed_grid``, or any key other
+                than those above does not fit.
         """
         return load_encoder_file(
             self,
@@ -129,6 +133,7 @@ class ViTSeg(BaseModule):
             self.grid_size,
             allow_missing=(),
             allow_unexpected=UNUSED_PRETRAINED_KEYS + PRETRAIN_ONLY_KEYS,
+            pos_embed_grid=pos_embed_grid,
         )
 
     def pos_embed_for(self, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -161,7 +166,7 @@ def _check_init_cfg(init_cfg: dict | None) -> None:
         raise ValueError(
             f"ViTSeg supports init_cfg=None or dict(type='Pretrained', checkpoint=PATH), got {init_cfg!r}"
         )
-    unsupported = sorted(set(init_cfg) - {"type", "checkpoint"})
+    unsupported = sorted(set(init_cfg) - {"type", "checkpoint", "pos_embed_grid"})
     if unsupported:
         raise ValueError(
             f"ViTSeg init_cfg keys {unsupported} are not supported; key prefixes such as 'backbone.' "

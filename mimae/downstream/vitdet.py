@@ -135,7 +135,9 @@ class ViTDet(BaseModule):
             stored at its grid with a leading cls slot, as in MAE checkpoints.
         with_cp: use activation checkpointing in the blocks to save memory.
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH)`` loads an encoder file through
-            :func:`load_vitdet_weights`; None uses a truncated-normal initialization.
+            :func:`load_vitdet_weights`; None uses a truncated-normal initialization. An
+            optional ``pos_embed_grid=(H, W)`` gives the file's patch grid where its slot
+            count fits more than one grid.
     """
 
     def __init__(
@@ -209,7 +211,7 @@ class ViTDet(BaseModule):
                 raise ValueError(
                     f"ViTDet supports only init_cfg=dict(type='Pretrained', checkpoint=PATH), got {init_cfg}"
                 )
-            load_vitdet_weights(self, init_cfg["checkpoint"])
+            load_vitdet_weights(self, init_cfg["checkpoint"], init_cfg.get("pos_embed_grid"))
         self._is_init = True
 
     def abs_pos_embed(self, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -231,12 +233,15 @@ class ViTDet(BaseModule):
         """Return ``(layer_id, num_layers)`` for layer-wise lr decay (see :func:`vit_layer_depth`)."""
         return vit_layer_depth(param_name, self.depth, prefix)
 
-def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]:
+def load_vitdet_weights(model: ViTDet, path: str,
+                        pos_embed_grid: tuple[int, int] | None = None) -> tuple[list[str], list[str]]:
     """Load a pretrained encoder file into ``model`` strictly, with a logged key table.
 
     Every layout of :func:`mimae.checkpoint.pretrained_state_dict` is accepted. ``pos_embed``
     is resampled to the model's pretraining grid, with or without a cls slot in the file,
     and relative-position tables to the model's table lengths when the file's sizes differ.
+    ``pos_embed_grid`` is the file's patch grid, needed only where its slot count fits
+    more than one grid.
 
     Returns:
         ``(missing, unexpected)``: model keys the file lacks (only relative-position tables
@@ -253,4 +258,5 @@ def load_vitdet_weights(model: ViTDet, path: str) -> tuple[list[str], list[str]]
         model.pretrain_grid,
         allow_missing=REL_POS_KEYS,
         allow_unexpected=ENCODER_ONLY_KEYS + PRETRAIN_ONLY_KEYS,
+        pos_embed_grid=pos_embed_grid,
     )
