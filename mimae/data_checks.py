@@ -628,11 +628,13 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description="Check the train, val and test data of a config")
     parser.add_argument("config", help="path of the config file")
-    parser.add_argument("--verify", choices=VERIFY_MODES[1:], default="header",
+    parser.add_argument("--verify", choices=VERIFY_MODES[1:],
                         help="'header' reads image headers and decodes only files without an end marker; "
-                             "'full' decodes every image")
+                             "'full' decodes every image (default: what a training run checks, the config's "
+                             "data_check.verify, 'header' when unset, and each ImageFolder's own verify)")
     args = parser.parse_args(argv)
     cfg = Config.fromfile(args.config)
+    check_verify = args.verify or (cfg.get("data_check") or {}).get("verify", "header")
     scope = cfg.get("default_scope", "mimae")
     if scope in ("mmdet", "mmseg"):
         __import__(f"{scope}.utils", fromlist=["register_all_modules"]).register_all_modules(False)
@@ -642,13 +644,16 @@ def main(argv: list[str] | None = None) -> None:
         if not loader:
             continue
         dataset_cfg = loader.get("dataset")
-        check_dataset_config(dataset_cfg, args.verify)
+        check_dataset_config(dataset_cfg, check_verify)
         _build_image_folder(dataset_cfg, args.verify)
     print("data check passed")
 
 
-def _build_image_folder(dataset_cfg, verify: str) -> None:
-    """Build a pretraining ``ImageFolder`` config, which checks its files when it is built."""
+def _build_image_folder(dataset_cfg, verify: str | None) -> None:
+    """Build a pretraining ``ImageFolder`` config, which checks its files when it is built.
+
+    ``verify`` replaces the config's own ``verify`` unless it is None.
+    """
     if not isinstance(dataset_cfg, dict):
         return
     from pretrain.datasets import ImageFolder
@@ -656,7 +661,9 @@ def _build_image_folder(dataset_cfg, verify: str) -> None:
     cls = _resolve_dataset_class(dataset_cfg.get("type"))
     if isinstance(cls, type) and issubclass(cls, ImageFolder):
         settings = {key: value for key, value in dataset_cfg.items() if key not in ("type", "pipeline")}
-        cls(**{**settings, "verify": verify})
+        if verify is not None:
+            settings["verify"] = verify
+        cls(**settings)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,39 @@ def test_dist_train_nan_on_one_rank(tmp_path):
     assert is_complete_checkpoint(str(work_dir / "iter_1.pth"))
 
 
+def data_check_worker(rank: int, port: int, out_dir: str) -> None:
+    """Run the runner's data check with an invalid ``verify`` and write the error each rank raised."""
+    import datetime
+    from types import SimpleNamespace
+
+    from mmengine.config import Config
+
+    from mimae.engine import SafeRunner
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=60))
+    try:
+        runner = SimpleNamespace(cfg=Config(dict(data_check=dict(verify="everything"))), world_size=WORLD_SIZE)
+        try:
+            SafeRunner._check_data(runner, dict(type="ImageFolder"))
+            outcome = "no error"
+        except Exception as err:
+            outcome = f"{type(err).__name__}: {err}"
+        Path(out_dir, f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(200)
+def test_data_check_failure_reaches_every_rank(tmp_path):
+    """Rank 0 fails its data check with an error other than DataCheckError; rank 1 must not wait for it."""
+    mp.spawn(data_check_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    rank0 = (tmp_path / "rank0.txt").read_text()
+    rank1 = (tmp_path / "rank1.txt").read_text()
+    assert rank0.startswith("ValueError: data_check.verify must be one of"), rank0
+    assert rank1.startswith("DataCheckError: the data check failed on rank 0: ValueError: data_check.verify"), rank1
+
+
 # ---------------------------------------------------------------------------------------
 # DDP against one process on the same global batch and masks
 
@@ -152,7 +185,8 @@ class GlobalBatchMasks:
         return ids_keep[start:start + batch_size], mask[start:start + batch_size]
 
 
-def build_demo_mimae(lambda_min: float):
+def build_demo_mimae(**weights: float):
+    """Build the MI-MAE demo model with the loss weights ``weights`` (e.g. ``lambda_min=0.0``)."""
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
@@ -162,7 +196,7 @@ def build_demo_mimae(lambda_min: float):
     cfg = Config.fromfile(str(REPO_ROOT / MIMAE_DEMO))
     torch.manual_seed(0)
     with DefaultScope.overwrite_default_scope("mimae"):
-        return MODELS.build({**cfg.model, "lambda_min": lambda_min})
+        return MODELS.build({**cfg.model, **weights})
 
 
 def fixed_global_batch() -> torch.Tensor:
@@ -191,7 +225,7 @@ def run_steps(model, forward, inputs, rank: int, global_batch: int) -> list[dict
     return steps
 
 
-def ddp_worker(rank: int, port: int, out_dir: str, lambda_mins: list) -> None:
+def ddp_worker(rank: int, port: int, out_dir: str, settings: dict[str, dict]) -> None:
     from mmengine.model import MMDistributedDataParallel
 
     torch.set_num_threads(1)
@@ -201,30 +235,37 @@ def ddp_worker(rank: int, port: int, out_dir: str, lambda_mins: list) -> None:
         local = GLOBAL_BATCH // WORLD_SIZE
         inputs = fixed_global_batch()[rank * local:(rank + 1) * local]
         results = {}
-        for lambda_min in lambda_mins:
-            model = build_demo_mimae(lambda_min)
+        for name, weights in settings.items():
+            model = build_demo_mimae(**weights)
             # find_unused_parameters=False, as the runner's default: an unused parameter would
             # raise "Expected to have finished reduction" in the second step.
             wrapped = MMDistributedDataParallel(model, device_ids=None, broadcast_buffers=False,
                                                 find_unused_parameters=False)
-            results[str(lambda_min)] = run_steps(model, wrapped, inputs, rank, GLOBAL_BATCH)
+            results[name] = run_steps(model, wrapped, inputs, rank, GLOBAL_BATCH)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-LAMBDA_MINS = [0.0, 0.01]
+# Each zero weight keeps its term in the graph, multiplied by 0, so DDP still sees a
+# gradient for every parameter.
+WEIGHT_SETTINGS = {
+    "lambda_min=0": dict(lambda_min=0.0),
+    "lambda_min=0.01": dict(lambda_min=0.01),
+    "lambda_max=0": dict(lambda_max=0.0),
+    "lambda_q=0": dict(lambda_q=0.0),
+}
 
 
 @pytest.fixture(scope="module")
 def ddp_and_single(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(ddp_worker, args=(free_port(), str(out_dir), LAMBDA_MINS), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(ddp_worker, args=(free_port(), str(out_dir), WEIGHT_SETTINGS), nprocs=WORLD_SIZE, join=True)
     ranks = [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
     single = {}
-    for lambda_min in LAMBDA_MINS:
-        model = build_demo_mimae(lambda_min)
-        single[str(lambda_min)] = run_steps(model, model, fixed_global_batch(), 0, GLOBAL_BATCH)
+    for name, weights in WEIGHT_SETTINGS.items():
+        model = build_demo_mimae(**weights)
+        single[name] = run_steps(model, model, fixed_global_batch(), 0, GLOBAL_BATCH)
     return ranks, single
 
 
@@ -251,7 +292,7 @@ LOSS_TERMS = ("loss", "loss_rec", "loss_mi_max", "loss_mi_min", "loss_q")
 @pytest.mark.timeout(300)
 def test_ddp_zero_weight_matches_single_process(ddp_and_single):
     ranks, single = ddp_and_single
-    loss_gap, grad_gap = compare(ranks, single, "0.0")
+    loss_gap, grad_gap = compare(ranks, single, "lambda_min=0")
     worst = max(grad_gap, key=grad_gap.get)
     worst_term = max(LOSS_TERMS + ("infonce",), key=loss_gap.get)
     print(f"lambda_min=0: largest loss gap {loss_gap[worst_term]:.2e} ({worst_term}), largest relative "
@@ -262,16 +303,27 @@ def test_ddp_zero_weight_matches_single_process(ddp_and_single):
     # InfoNCE scores every anchor against every image of the global batch on every rank.
     assert loss_gap["infonce"] <= 1e-5
     assert grad_gap[worst] <= 1e-4, (worst, grad_gap[worst])
-    assert len(grad_gap) == sum(1 for _ in build_demo_mimae(0.0).parameters() if _.requires_grad)
+    assert len(grad_gap) == sum(1 for _ in build_demo_mimae(lambda_min=0.0).parameters() if _.requires_grad)
 
 
 @pytest.mark.timeout(300)
 def test_ddp_club_term_matches_single_process(ddp_and_single):
     ranks, single = ddp_and_single
-    loss_gap, grad_gap = compare(ranks, single, "0.01")
+    loss_gap, grad_gap = compare(ranks, single, "lambda_min=0.01")
     print(f"lambda_min=0.01: club_estimate gap {loss_gap['club_estimate']:.2e}, largest relative gradient gap "
           f"{max(grad_gap.values()):.2e}")
 
     assert loss_gap["club_estimate"] <= 1e-5, loss_gap["club_estimate"]
     assert max(grad_gap.values()) <= 1e-4
 
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("setting", ["lambda_max=0", "lambda_q=0"])
+def test_ddp_other_zero_weights_match(setting, ddp_and_single):
+    ranks, single = ddp_and_single
+    loss_gap, grad_gap = compare(ranks, single, setting)
+    for term in LOSS_TERMS:
+        assert loss_gap[term] <= 1e-5, (term, loss_gap[term])
+    assert max(grad_gap.values()) <= 1e-4
+    weights = WEIGHT_SETTINGS[setting]
+    assert len(grad_gap) == sum(1 for _ in build_demo_mimae(**weights).parameters() if _.requires_grad)

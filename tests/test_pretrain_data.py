@@ -149,3 +149,22 @@ def test_seeded_sampler_rejects_wrappers():
     dataset = ImageFolder(data_root=DEMO_IMAGES, verify="none")
     with pytest.raises(TypeError, match="RepeatDataset.*DefaultSampler"):
         SeededSampler(RepeatDataset(dataset, times=2), seed=0)
+
+
+def test_data_check_command_follows_config_verify(tmp_path, capsys):
+    from mimae.data_checks import main as data_check_main
+
+    _folder_with_bad_files(tmp_path)
+    (tmp_path / "images" / "empty.jpg").unlink()
+    config = tmp_path / "verify_none.py"
+    config.write_text(
+        f"_base_ = [{str(Path('configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k_demo.py').resolve())!r}]\n"
+        f"train_dataloader = dict(dataset=dict(data_root={str(tmp_path)!r}, data_prefix=dict(img_path='images'), "
+        "ann_file='', verify='none', downscale=None))\n")
+
+    # The config checks existence only, as its training run would, so the truncated file passes.
+    data_check_main([str(config)])
+    assert "data check passed" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match="truncated.jpg"):
+        data_check_main([str(config), "--verify", "header"])

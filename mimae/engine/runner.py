@@ -357,19 +357,23 @@ class SafeRunner(Runner):
 
     def _check_data(self, dataset_cfg) -> None:
         verify = (self.cfg.get("data_check") or {}).get("verify", "header")
-        message = None
+        message, failure = None, None
         if is_main_process():
             try:
                 check_dataset_config(dataset_cfg, verify)
-            except DataCheckError as err:
-                message = str(err)
+            except Exception as err:  # any failure, so that the other ranks learn of it below
+                failure = err
+                message = str(err) if isinstance(err, DataCheckError) else f"{type(err).__name__}: {err}"
         if self.world_size > 1:
-            # Rank 0 reads the files; every rank stops with its verdict, so none waits in a collective.
+            # Rank 0 reads the files. It shares its verdict, so every rank stops on a failure
+            # instead of waiting in the next collective for rank 0.
             shared = [message]
             broadcast_object_list(shared)
             message = shared[0]
+        if failure is not None:
+            raise failure
         if message is not None:
-            raise DataCheckError(message)
+            raise DataCheckError(f"the data check failed on rank 0: {message}")
 
     # -- hooks -------------------------------------------------------------------------
 
