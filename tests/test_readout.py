@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -62,3 +63,32 @@ def test_readout_tool_on_image_folder(tmp_path):
     assert result["num_val"] == 12
     assert result["knn_top1"] >= 90.0
     assert result["linear_probe_top1"] >= 90.0
+
+
+def _class_folders(root, names):
+    for name in names:
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / name / "0.png")
+
+
+def test_val_without_a_class_keeps_train_labels(tmp_path):
+    _class_folders(tmp_path / "train", ["ant", "bee", "cat"])
+    _class_folders(tmp_path / "val", ["bee", "cat"])
+    train = readout_tool.folder_dataset(str(tmp_path / "train"), 8)
+    val = readout_tool.folder_dataset(str(tmp_path / "val"), 8)
+    # On its own, val numbers bee 0 and cat 1, which in train are ant and bee.
+    assert val.targets == [0, 1]
+
+    readout_tool.align_classes(train, val)
+
+    assert val.targets == [1, 2]
+    assert [val[i][1] for i in range(len(val))] == [1, 2]
+
+
+def test_val_class_missing_from_train_rejected(tmp_path):
+    _class_folders(tmp_path / "train", ["ant", "bee"])
+    _class_folders(tmp_path / "val", ["bee", "wasp"])
+    train = readout_tool.folder_dataset(str(tmp_path / "train"), 8)
+    val = readout_tool.folder_dataset(str(tmp_path / "val"), 8)
+    with pytest.raises(SystemExit, match=r"val has class folders that train lacks: \['wasp'\]"):
+        readout_tool.align_classes(train, val)

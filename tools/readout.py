@@ -4,7 +4,7 @@ The data root needs ``train/<class>/*`` and ``val/<class>/*``. The encoder stays
 
 Example::
 
-    python tools/readout.py work_dirs/demo/mimae_encoder.pth data/digits --img-size 32 --out readout.json
+    python tools/readout.py work_dirs/demo/mimae_encoder.pth work_dirs/study/digits --img-size 32 --out readout.json
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from mimae.evaluation import build_encoder_from_state, extract_features, knn_acc
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def folder_loader(root: str, img_size: int, batch_size: int = 256):
-    """Return a loader of an ImageNet-layout folder, resized and center-cropped to ``img_size``."""
+def folder_dataset(root: str, img_size: int) -> datasets.ImageFolder:
+    """Read an ImageNet-layout folder, resized and center-cropped to ``img_size``."""
     if not osp.isdir(root):
         raise SystemExit(f"folder not found: {root}; the data root needs train/ and val/ class folders")
     transform = transforms.Compose([
@@ -33,7 +33,30 @@ def folder_loader(root: str, img_size: int, batch_size: int = 256):
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-    dataset = datasets.ImageFolder(root, transform=transform)
+    return datasets.ImageFolder(root, transform=transform)
+
+
+def align_classes(train: datasets.ImageFolder, val: datasets.ImageFolder) -> None:
+    """Give ``val`` the class indices of ``train``, in place.
+
+    Each ``ImageFolder`` numbers the class folders it finds, so a val split without some
+    training class would shift every later label. A val class that training lacks has
+    no index to take and raises ``SystemExit``.
+    """
+    unknown = sorted(set(val.classes) - set(train.classes))
+    if unknown:
+        raise SystemExit(f"val has class folders that train lacks: {unknown[:10]}"
+                         f"{' ...' if len(unknown) > 10 else ''}; both splits need the same class names")
+    if val.class_to_idx == {name: train.class_to_idx[name] for name in val.classes}:
+        return
+    index = [train.class_to_idx[name] for name in val.classes]
+    val.samples = [(path, index[target]) for path, target in val.samples]
+    val.targets = [target for _, target in val.samples]
+    val.imgs = val.samples
+    val.class_to_idx = {name: train.class_to_idx[name] for name in val.classes}
+
+
+def loader(dataset: datasets.ImageFolder, batch_size: int = 256) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
@@ -42,8 +65,11 @@ def evaluate(encoder_file: str, data_root: str, img_size: int, pooling: str = "c
     """Return k-NN and linear-probe top-1 (percent) of the encoder in ``encoder_file``."""
     state = encoder_state_dict(read_weights(encoder_file))
     encoder = build_encoder_from_state(state, num_heads)
-    train_x, train_y = extract_features(encoder, folder_loader(osp.join(data_root, "train"), img_size), pooling)
-    test_x, test_y = extract_features(encoder, folder_loader(osp.join(data_root, "val"), img_size), pooling)
+    train = folder_dataset(osp.join(data_root, "train"), img_size)
+    val = folder_dataset(osp.join(data_root, "val"), img_size)
+    align_classes(train, val)
+    train_x, train_y = extract_features(encoder, loader(train), pooling)
+    test_x, test_y = extract_features(encoder, loader(val), pooling)
     return dict(
         encoder=encoder_file, data_root=data_root, pooling=pooling, num_train=len(train_y), num_val=len(test_y),
         knn_top1=100 * knn_accuracy(train_x, train_y, test_x, test_y, k=k),
