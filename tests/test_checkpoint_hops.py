@@ -573,6 +573,20 @@ def test_export_rejects_incomplete_encoder(tmp_path: Path) -> None:
     assert not (tmp_path / "out.pth").exists()
 
 
+def test_export_rejects_detection_run(tmp_path: Path) -> None:
+    cfg = Config.fromfile(str(REPO_ROOT / "configs/coco/mask-rcnn_vit-b-p16-simplefpn_8xb8-lsj-amp-100e_coco_demo.py"))
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        backbone = ViTDet(img_size=(64, 64), embed_dim=32, depth=2, num_heads=2, window_size=2,
+                          global_block_indexes=(1,), pretrain_img_size=64)
+    state = {f"backbone.{key}": value for key, value in backbone.state_dict().items()}
+    source = tmp_path / "iter_10.pth"
+    torch.save({"meta": {"cfg": cfg.pretty_text, "iter": 10}, "state_dict": state}, source)
+
+    with pytest.raises(ValueError, match="has no model.encoder .*'MaskRCNN'.*not a pretrained encoder"):
+        convert(str(source), str(tmp_path / "out.pth"))
+    assert not (tmp_path / "out.pth").exists()
+
+
 def test_convert_cli_prints_model_arguments(run_checkpoint, tmp_path: Path, capsys) -> None:
     path, _ = run_checkpoint
 

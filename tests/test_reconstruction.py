@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -52,3 +53,17 @@ def test_tool_and_hook_write_pictures(tmp_path):
     visualize_reconstruction.main([str(work_dir / "iter_2.pth"), "data/demo/coco/images",
                                    "--num-images", "3", "--out", str(out)])
     assert Image.open(out).size == ((1 + 2 * 4) * 64, 3 * 64)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an image"])
+def test_damaged_image_named(damage, tmp_path):
+    source = sorted(Path("data/demo/coco/images").glob("*.jpg"))[0].read_bytes()
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(source[: len(source) // 3] if damage == "truncated" else b"<html>404 Not Found</html>")
+    with pytest.raises(SystemExit, match=r"cannot decode .*photo.jpg: .* Replace the file"):
+        visualize_reconstruction.load_images(str(path), (64, 64), 1)
+
+
+def test_missing_image_source_named(tmp_path):
+    with pytest.raises(SystemExit, match="image file or folder not found: .*nothing_here"):
+        visualize_reconstruction.load_images(str(tmp_path / "nothing_here"), (64, 64), 1)

@@ -31,7 +31,7 @@ Formats (``--format``):
 
 Example::
 
-    python tools/convert_checkpoint.py work_dirs/mimae_demo/iter_300.pth checkpoints/mimae_encoder.pth
+    python tools/convert_checkpoint.py work_dirs/demo/pretrain_mimae/iter_500.pth checkpoints/mimae_encoder.pth
     python tools/convert_checkpoint.py work_dirs/mimae/epoch_400.pth checkpoints/mimae_vit-b_d2.pth --format detectron2
 """
 from __future__ import annotations
@@ -58,6 +58,11 @@ def build_encoder_from_meta(checkpoint: dict):
     cfg = config_from_checkpoint(checkpoint)
     if cfg is None:
         return None
+    if "encoder" not in cfg.get("model", {}):
+        raise ValueError(
+            f"the run's config has no model.encoder (its model type is {cfg.get('model', {}).get('type')!r}). "
+            "This tool exports the encoder of a pretraining run of MAE or MIMAE; a detection or "
+            "segmentation checkpoint holds a fine-tuned backbone, not a pretrained encoder")
     # Built directly, not through the registry, so the caller's default scope does not matter.
     kwargs = {key: value for key, value in cfg.model.encoder.items() if key != "type"}
     return VisionTransformer(**kwargs)

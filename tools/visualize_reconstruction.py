@@ -24,14 +24,19 @@ from pretrain.datasets import list_images
 
 def load_images(source: str, size: tuple[int, int], count: int) -> torch.Tensor:
     """Return ``count`` images (a folder or one file) resized to ``size`` as uint8 ``(B, 3, H, W)``."""
+    if not osp.exists(source):
+        raise SystemExit(f"image file or folder not found: {source}")
     paths = [source] if osp.isfile(source) else [osp.join(source, name) for name in list_images(source)]
     if not paths:
         raise SystemExit(f"no images found in {source}")
     images = []
     for path in paths[:count]:
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
-            images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for unreadable or truncated files
+            raise SystemExit(f"cannot decode {path}: {err}. Replace the file or pass another image or folder") from err
+        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
     return torch.stack(images)
 
 

@@ -1,6 +1,8 @@
 """COCO evaluation that reports zeros instead of dropping every key when nothing was detected."""
 from __future__ import annotations
 
+import tempfile
+
 from mmdet.datasets.api_wrappers import COCO
 from mmdet.evaluation import CocoMetric
 from mmdet.registry import METRICS
@@ -38,10 +40,10 @@ class SafeCocoMetric(CocoMetric):
             # Without ann_file the parent builds the ground truth from the data samples.
             from mmengine.logging import MMLogger
 
-            import tempfile
-
             _, gts = zip(*results)
-            prefix = self.outfile_prefix or tempfile.mkdtemp()
-            self._coco_api = _EmptyResultsCOCO(self.gt_to_coco_json(gt_dicts=gts, outfile_prefix=f"{prefix}/gt"))
+            # COCO reads the json into memory, so a temporary copy can go at once.
+            with tempfile.TemporaryDirectory() as scratch:
+                prefix = self.outfile_prefix or scratch
+                self._coco_api = _EmptyResultsCOCO(self.gt_to_coco_json(gt_dicts=gts, outfile_prefix=f"{prefix}/gt"))
             MMLogger.get_current_instance().info("converted the ground truth to COCO format")
         return super().compute_metrics(results)
