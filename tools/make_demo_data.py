@@ -11,7 +11,7 @@ Files are copied byte for byte because the Attribution-NoDerivs licence
 (id 6) does not allow adaptations, so no image is re-encoded or resized.
 The output is deterministic: the same source gives byte-identical files.
 
-Usage: python tools/make_demo_data.py [--src DIR] [--out DIR]
+Usage: python tools/make_demo_data.py --src DIR [--out DIR]
 """
 
 from __future__ import annotations
@@ -96,8 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--src",
         type=Path,
-        default=REPO_ROOT / ".." / "shared" / "data",
-        help="folder that contains coco128/ and ade20k_mini/ (default: ../shared/data from the repository root)",
+        required=True,
+        help="folder with coco128/ (train2017/ and annotations/instances_train2017.json of the COCO128 "
+             "repository named in data/demo/ATTRIBUTION.md) and ade20k_mini/ADEChallengeData2016/ "
+             "(images/validation and annotations/validation from the sceneparsing repository's sampleData)",
     )
     parser.add_argument(
         "--out",

@@ -122,7 +122,9 @@ def format_table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the MAE vs MI-MAE demo on the bundled data")
     parser.add_argument("--work-dir", default="work_dirs/demo", help="output folder")
-    parser.add_argument("--pretrain-iters", type=int, help="override the pretraining iterations")
+    parser.add_argument("--pretrain-iters", type=int,
+                        help="override the pretraining iterations (train_cfg.max_iters only: the warm-up and "
+                             "cosine schedule keep their 500-iteration lengths)")
     parser.add_argument("--downstream-iters", type=int, help="override the fine-tuning iterations")
     args = parser.parse_args(argv)
     work_dir = osp.abspath(args.work_dir)
