@@ -170,6 +170,10 @@ def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str
     ``file_grid`` gives the file's grid where its slot count allows more than one reading,
     e.g. 16 slots for a 3 x 5 model: one cls slot and a 3 x 5 grid, or a 4 x 4 grid.
 
+    NOTE: without ``file_grid`` only the model's grid and square grids are candidates. A
+    file trained on a non-square grid whose area is a square or the model's area (cls plus
+    2 x 8 into a 4 x 4 model) is read as that grid, so it needs ``file_grid``.
+
     Raises:
         CheckpointError: when the table is not ``(1, N, C)``, ``N`` fits no grid (or not
             ``file_grid``), or ``N`` fits several grids and ``file_grid`` is None.
@@ -182,6 +186,8 @@ def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str
     num_slots = pos_embed.shape[1]
     if file_grid is not None:
         file_grid = (int(file_grid[0]), int(file_grid[1]))
+        if min(file_grid) < 1:
+            raise CheckpointError(f"pos_embed_grid must be two positive sides (H, W), got {file_grid}")
         prefix = num_slots - file_grid[0] * file_grid[1]
         if prefix not in (0, 1):
             raise CheckpointError(
@@ -193,7 +199,8 @@ def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str
     if not layouts:
         raise CheckpointError(
             f"pos_embed in {source!r} has {num_slots} slots, which is neither the model's "
-            f"{grid_hw[0]}x{grid_hw[1]} grid nor a square grid, with or without one cls slot"
+            f"{grid_hw[0]}x{grid_hw[1]} grid nor a square grid, with or without one cls slot. For a file "
+            "trained on another non-square grid, set pos_embed_grid=(H, W) in the backbone's init_cfg"
         )
     if len(layouts) > 1:
         readings = " or ".join(_describe_layout(layout) for layout in layouts)

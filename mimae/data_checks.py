@@ -658,6 +658,11 @@ def _build_image_folder(dataset_cfg, verify: str | None) -> None:
         return
     from pretrain.datasets import ImageFolder
 
+    # Wrappers such as ConcatDataset hold their data sets under these keys.
+    for key in ("dataset", "datasets"):
+        inner = dataset_cfg.get(key)
+        for child in inner if isinstance(inner, (list, tuple)) else [inner]:
+            _build_image_folder(child, verify)
     cls = _resolve_dataset_class(dataset_cfg.get("type"))
     if isinstance(cls, type) and issubclass(cls, ImageFolder):
         settings = {key: value for key, value in dataset_cfg.items() if key not in ("type", "pipeline")}

@@ -168,3 +168,16 @@ def test_data_check_command_follows_config_verify(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="truncated.jpg"):
         data_check_main([str(config), "--verify", "header"])
+
+
+def test_data_check_command_enters_wrappers(tmp_path):
+    from mimae.data_checks import main as data_check_main
+
+    _folder_with_bad_files(tmp_path)
+    config = tmp_path / "wrapped.py"
+    config.write_text(
+        f"_base_ = [{str(Path('configs/pretrain/mae_vit-base-p16_8xb512-amp-coslr-1600e_in1k_demo.py').resolve())!r}]\n"
+        "train_dataloader = dict(dataset=dict(_delete_=True, type='ConcatDataset', datasets=[dict(\n"
+        f"    type='ImageFolder', data_root={str(tmp_path)!r}, data_prefix=dict(img_path='images'), verify='full')]))\n")
+    with pytest.raises(ValueError, match="truncated.jpg"):
+        data_check_main([str(config)])

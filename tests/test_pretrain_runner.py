@@ -127,6 +127,25 @@ def test_resume_path_rejects_weight_file(tmp_path):
         run_train(MAE_DEMO, tmp_path / "other", 1, resume=weights)
 
 
+def test_resume_path_partial_file_kept(tmp_path):
+    work_dir = tmp_path / "run"
+    run_train(MAE_DEMO, work_dir, 1)
+    partial = work_dir / "iter_2.pth.partial"
+    shutil.copy(work_dir / "iter_1.pth", partial)
+    with pytest.raises(ValueError, match=f"--resume {partial}: an incomplete checkpoint"):
+        run_train(MAE_DEMO, work_dir, 2, resume=partial)
+    assert partial.exists()
+
+
+def test_resume_path_pointer_file_named(tmp_path):
+    work_dir = tmp_path / "run"
+    run_train(MAE_DEMO, work_dir, 1)
+    with pytest.raises(ValueError, match=r"this text file names the latest checkpoint, '.*iter_1.pth'"):
+        run_train(MAE_DEMO, work_dir, 2, resume=work_dir / "last_checkpoint")
+    with pytest.raises(IsADirectoryError, match="this is a folder, not a checkpoint file"):
+        run_train(MAE_DEMO, work_dir, 2, resume=work_dir)
+
+
 def test_resume_path_missing_named(tmp_path):
     missing = tmp_path / "iter_7.pth"
     with pytest.raises(FileNotFoundError, match=f"--resume {missing}: file not found"):

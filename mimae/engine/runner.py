@@ -209,6 +209,23 @@ def is_complete_checkpoint(path: str) -> bool:
     return zipfile.is_zipfile(path) if is_zip_start else True
 
 
+def _check_requested_checkpoint(filename: str) -> None:
+    """Raise for a ``--resume`` path that is missing, a folder, a pointer file or incomplete."""
+    hint = "Pass a checkpoint of a training run, or --resume without a path for the work dir's latest"
+    if osp.isdir(filename):
+        raise IsADirectoryError(f"--resume {filename}: this is a folder, not a checkpoint file. {hint}")
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"--resume {filename}: file not found. {hint}")
+    if osp.basename(filename) == "last_checkpoint":
+        with open(filename) as f:
+            target = f.read().strip()
+        raise ValueError(f"--resume {filename}: this text file names the latest checkpoint, {target!r}. "
+                         "Pass that path, or --resume without a path")
+    if filename.endswith(PARTIAL_SUFFIX) or not is_complete_checkpoint(filename):
+        raise ValueError(f"--resume {filename}: an incomplete checkpoint (an interrupted save or a cut copy). "
+                         f"{hint}")
+
+
 def latest_complete_checkpoint(work_dir: str) -> str | None:
     """Return the checkpoint to resume from: ``last_checkpoint`` when it names a complete file,
     else the complete ``iter_N.pth``/``epoch_N.pth`` with the highest N, else None.
@@ -434,11 +451,15 @@ class SafeRunner(Runner):
         if self._has_loaded:
             return
         if self._resume:
+            requested = self.cfg.get("resume_from")
+            if requested is not None:
+                # Checked before the partial files are removed, so a named .partial file is
+                # reported as incomplete instead of being deleted and then not found.
+                _check_requested_checkpoint(requested)
             if is_main_process():
                 for name in remove_partial_files(self.work_dir):
                     self.logger.info(f"removed {name}, an incomplete checkpoint left by an interrupted save")
             latest = latest_complete_checkpoint(self.work_dir)
-            requested = self.cfg.get("resume_from")
             if requested is not None:
                 self._resume_from_requested(requested, latest)
                 return
@@ -469,9 +490,6 @@ class SafeRunner(Runner):
         same path again would repeat the iterations after it, so the log warns when the
         work dir contains another checkpoint.
         """
-        if not osp.isfile(filename):
-            raise FileNotFoundError(f"--resume {filename}: file not found. Pass an existing checkpoint "
-                                    "of a training run, or --resume without a path for the work dir's latest")
         checkpoint = load_run_checkpoint(filename)  # raises UnsafeCheckpointError for a pickled object
         if not (isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})):
             raise ValueError(
