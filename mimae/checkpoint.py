@@ -49,7 +49,7 @@ def read_weights(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        rejected = _rejected_global(err)
+        rejected = rejected_global(err)
         if rejected is None:
             raise _damaged_file_error(path, err) from err
         raise CheckpointError(
@@ -68,7 +68,7 @@ def _error_lines(err: Exception) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _rejected_global(err: Exception) -> str | None:
+def rejected_global(err: Exception) -> str | None:
     """Return the line in which torch names the disallowed global, or None for other failures."""
     return next((line for line in _error_lines(err) if "global" in line.lower()), None)
 
@@ -192,7 +192,7 @@ def fit_pos_embed(pos_embed: torch.Tensor, grid_hw: tuple[int, int], source: str
         if prefix not in (0, 1):
             raise CheckpointError(
                 f"pos_embed in {source!r} has {num_slots} slots, which is not the {file_grid[0]}x{file_grid[1]} "
-                "grid of pos_embed_grid with or without one cls slot; correct pos_embed_grid in init_cfg")
+                "grid of pos_embed_grid with or without one cls slot. Correct pos_embed_grid in init_cfg")
         layouts = [(prefix, file_grid)]
     else:
         layouts = _pos_embed_layouts(num_slots, grid_hw)

@@ -247,7 +247,7 @@ def ddp_worker(rank: int, port: int, out_dir: str, settings: dict[str, dict]) ->
         dist.destroy_process_group()
 
 
-# Each zero weight keeps its term in the graph, multiplied by 0, so DDP still sees a
+# Each zero weight keeps its term in the graph, multiplied by 0, so DDP still gets a
 # gradient for every parameter.
 WEIGHT_SETTINGS = {
     "lambda_min=0": dict(lambda_min=0.0),

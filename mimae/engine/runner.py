@@ -47,6 +47,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 
+from mimae.checkpoint import rejected_global
 from mimae.data_checks import DataCheckError, check_dataset_config
 from mimae.registry import HOOKS
 
@@ -73,9 +74,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """Error for a checkpoint that contains objects other than tensors, numpy values and plain containers."""
 
     def __init__(self, filename: str, error: Exception) -> None:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        # torch names the rejected type on a line of its own ("... unsupported GLOBAL posix.system ...").
-        detail = next((line for line in lines if "global" in line.lower()), lines[0] if lines else repr(error))
+        detail = rejected_global(error) or repr(error)
         super().__init__(
             f"rejected checkpoint {filename!r}: it contains an object that torch.load(weights_only=True) "
             f"does not allow ({detail}). Loading it would need full unpickling, which can run code stored "
@@ -85,8 +84,10 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
         )
 
 
-def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
+def load_run_checkpoint(filename: str, map_location="cpu", mmap: bool = False) -> dict:
     """Read a checkpoint written by a Runner with ``weights_only=True`` and the allow-list.
+
+    ``mmap=True`` maps the tensors instead of reading them, for a look at ``meta`` only.
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -96,9 +97,16 @@ def load_run_checkpoint(filename: str, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint not found: {filename!r}")
     with torch.serialization.safe_globals(RUN_CHECKPOINT_GLOBALS):
         try:
-            return torch.load(filename, map_location=map_location, weights_only=True)
+            # torch maps only zip-format files; a legacy-format file is read in full.
+            mmap = mmap and zipfile.is_zipfile(filename)
+            return torch.load(filename, map_location=map_location, weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as err:
             raise UnsafeCheckpointError(filename, err) from err
+
+
+def has_training_state(checkpoint) -> bool:
+    """Return True when a loaded checkpoint contains a Runner's training state (``meta`` with ``iter``)."""
+    return isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})
 
 
 def config_from_checkpoint(checkpoint: dict):
@@ -112,10 +120,10 @@ def config_from_checkpoint(checkpoint: dict):
 def _is_run_checkpoint(filename: str) -> bool:
     """Return True when ``filename`` contains a Runner's training state (``meta`` with ``iter``)."""
     try:
-        checkpoint = load_run_checkpoint(filename)
+        checkpoint = load_run_checkpoint(filename, mmap=True)
     except Exception:  # an unreadable file is reported when it is loaded as weights
         return False
-    return isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})
+    return has_training_state(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------
@@ -490,8 +498,8 @@ class SafeRunner(Runner):
         same path again would repeat the iterations after it, so the log warns when the
         work dir contains another checkpoint.
         """
-        checkpoint = load_run_checkpoint(filename)  # raises UnsafeCheckpointError for a pickled object
-        if not (isinstance(checkpoint, dict) and "iter" in checkpoint.get("meta", {})):
+        # Mapped, not read: the resume below reads the tensors. A pickled object raises UnsafeCheckpointError.
+        if not has_training_state(load_run_checkpoint(filename, mmap=True)):
             raise ValueError(
                 f"--resume {filename}: not a checkpoint of a training run (it has no meta.iter, so no "
                 "optimizer or iteration to continue from). To start from these weights, pass "
@@ -503,7 +511,6 @@ class SafeRunner(Runner):
                 "should pass --resume without a path to continue from the latest checkpoint")
         else:
             self.logger.info(f"resuming from {filename}, as --resume requests")
-        del checkpoint
         self.resume(filename)
         self._has_loaded = True
 
